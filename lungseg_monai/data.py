@@ -1,0 +1,165 @@
+"""Datalists of chest radiographs and lung masks, and reproducible train/val/test splits."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from lungseg_monai.io import SUPPORTED_SUFFIXES
+
+__all__ = ["datalist_from_folder", "load_datalist", "split_datalist", "prepare_splits", "file_stem"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RATIOS = (0.5, 0.25, 0.25)
+SPLIT_NAMES = ("training", "validation", "test")
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """Name without folder and suffix; ``a.nii.gz`` -> ``a``."""
+    name = Path(path).name
+    for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def _image_files(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(SUPPORTED_SUFFIXES):
+            stem = file_stem(path)
+            if stem in files:
+                raise ValueError(f"two files share the name '{stem}' in '{folder}': {files[stem].name}, {path.name}")
+            files[stem] = path
+    return files
+
+
+def datalist_from_folder(
+    data_dir: str | os.PathLike, images: str = "images", masks: str = "masks", require_masks: bool = True
+) -> tuple[list[dict[str, str]], dict[str, list[str]]]:
+    """Pair ``data_dir/images/*`` with ``data_dir/masks/*`` by file stem.
+
+    Returns:
+        ``(items, unpaired)``: items ``{"image", "label", "name"}`` sorted by name, and the stems
+        found only among images (``"images_without_mask"``) or only among masks
+        (``"masks_without_image"``).
+
+    Raises:
+        FileNotFoundError: the folder or its ``images`` subfolder is missing.
+        ValueError: no image pairs were found.
+    """
+    root = Path(data_dir)
+    image_dir, mask_dir = root / images, root / masks
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"'{image_dir}' does not exist; expected '{root}/{images}/' and '{root}/{masks}/'")
+    image_files = _image_files(image_dir)
+    mask_files = _image_files(mask_dir) if mask_dir.is_dir() else {}
+    if require_masks and not mask_dir.is_dir():
+        raise FileNotFoundError(f"'{mask_dir}' does not exist; every image in '{image_dir}' needs a mask there")
+    unpaired = {
+        "images_without_mask": sorted(set(image_files) - set(mask_files)),
+        "masks_without_image": sorted(set(mask_files) - set(image_files)),
+    }
+    items = [
+        {"image": str(image_files[s]), "label": str(mask_files[s]), "name": s}
+        for s in sorted(set(image_files) & set(mask_files))
+    ]
+    if require_masks and not items:
+        raise ValueError(
+            f"no image/mask pairs in '{root}': {len(image_files)} images in '{image_dir}', "
+            f"{len(mask_files)} masks in '{mask_dir}' (pairs share a file name)"
+        )
+    for stem in unpaired["images_without_mask"]:
+        logger.warning("image '%s' has no mask in '%s'; skipped", image_files[stem], mask_dir)
+    return items, unpaired
+
+
+def _resolve(base: Path, value: str) -> str:
+    path = Path(value)
+    return str(path if path.is_absolute() else base / path)
+
+
+def load_datalist(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Read image/mask pairs from a folder, a CSV (columns ``image``, ``label``) or a JSON list.
+
+    JSON may be a list of ``{"image", "label"}`` or a MONAI datalist with a ``"training"`` key.
+    Relative paths are taken relative to the list file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return datalist_from_folder(path)[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist '{path}' does not exist")
+    base = path.parent
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if rows and not {"image", "label"} <= set(rows[0]):
+            raise ValueError(f"CSV '{path}' needs columns 'image' and 'label', found {sorted(rows[0])}")
+    elif path.suffix.lower() == ".json":
+        with open(path) as f:
+            content = json.load(f)
+        rows = content.get("training", []) if isinstance(content, dict) else content
+    else:
+        raise ValueError(f"datalist '{path}' must be a folder, a .csv or a .json file")
+    items = [
+        {"image": _resolve(base, r["image"]), "label": _resolve(base, r["label"]), "name": file_stem(r["image"])}
+        for r in rows
+    ]
+    if not items:
+        raise ValueError(f"datalist '{path}' lists no image/mask pairs")
+    return items
+
+
+def split_datalist(
+    items: Sequence[dict[str, str]], ratios: Sequence[float] = DEFAULT_RATIOS, seed: int = 0
+) -> dict[str, list[dict[str, str]]]:
+    """Deterministic, seeded train/validation/test split (each item in exactly one part).
+
+    The items are sorted by name before shuffling, so the split depends only on the names, the
+    ratios and the seed, not on the order files were listed in.
+    """
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
+        raise ValueError(f"ratios must be three non-negative numbers (train, val, test), got {list(ratios)}")
+    ordered = sorted(items, key=lambda item: item["name"])
+    random.Random(seed).shuffle(ordered)
+    total = sum(ratios)
+    n = len(ordered)
+    n_val = round(n * ratios[1] / total)
+    n_test = round(n * ratios[2] / total)
+    n_train = n - n_val - n_test
+    if n_train < 1 or (ratios[1] > 0 and n_val < 1):
+        raise ValueError(f"{n} pairs are too few for a split with ratios {list(ratios)}; need at least one per part")
+    return {
+        "training": ordered[:n_train],
+        "validation": ordered[n_train : n_train + n_val],
+        "test": ordered[n_train + n_val :],
+    }
+
+
+def prepare_splits(
+    dataset_dir: str | os.PathLike,
+    output_file: str | os.PathLike,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    seed: int = 0,
+) -> dict[str, list[dict[str, str]]]:
+    """List ``dataset_dir``, split it, and save the split as a MONAI datalist JSON (for the record).
+
+    The split is a pure function of the file names, ratios and seed, so re-running gives the
+    same parts; the JSON lets other tools reuse exactly those lists.
+    """
+    splits = split_datalist(load_datalist(dataset_dir), ratios=ratios, seed=seed)
+    output_file = Path(output_file)
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_file.with_name(output_file.name + ".tmp")
+    record = {"dataset_dir": str(Path(dataset_dir).resolve()), "ratios": list(ratios), "seed": seed, **splits}
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, output_file)
+    logger.info("split %s: %s", output_file, {k: len(v) for k, v in splits.items()})
+    return splits

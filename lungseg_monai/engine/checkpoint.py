@@ -1,0 +1,260 @@
+"""Checkpoints written atomically and training that resumes where it stopped.
+
+MONAI's ``CheckpointSaver`` writes with ``atomic=False``, so a process killed while saving can
+leave a truncated ``model.pt``. These handlers write to a temporary file and rename it, and
+load only with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import EarlyStopHandler
+
+from lungseg_monai.outputs.atomic import atomic_path
+
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "unwrap_model",
+    "load_network_weights",
+    "NetworkLoader",
+    "BestModelSaver",
+    "ResumableEarlyStopHandler",
+    "TrainingCheckpoint",
+    "CheckpointError",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, unsafe or for another network."""
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DistributedDataParallel / DataParallel wrappers."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
+
+
+def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file, then rename: a kill never leaves a partial file."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load a checkpoint safely (``weights_only=True``); pickled code is refused with a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"checkpoint '{path}' contains pickled Python objects, which are refused for safety; "
+                "save only state dicts (tensors, numbers, strings)"
+            ) from e
+        raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from e
+
+
+def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_location: str = "cpu") -> None:
+    """Load a plain state dict (or ``{"network"|"model": state}``) into ``network``, checking the backbone.
+
+    Raises:
+        CheckpointError: unreadable or unsafe file, or weights of another backbone (both named).
+    """
+    from lungseg_monai.networks import backbone_of_state_dict
+
+    state = load_checkpoint(path, map_location=map_location)
+    for key in ("network", "model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint '{path}' holds a {type(state).__name__}, expected a state dict")
+    target = unwrap_model(network)
+    expected = getattr(target, "backbone_name", None) or backbone_of_state_dict(target.state_dict())
+    found = backbone_of_state_dict(state)
+    if expected is not None and found is not None and expected != found:
+        raise CheckpointError(
+            f"checkpoint '{path}' holds a {found} LungUNet but the network is a {expected} LungUNet; "
+            f"set backbone to '{found}' or pass a {expected} checkpoint"
+        )
+    try:
+        target.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint '{path}' does not fit the network: {e}") from e
+
+
+class NetworkLoader:
+    """Load ``models/model.pt`` into the network when an evaluator starts (MONAI ``CheckpointLoader`` style)."""
+
+    def __init__(self, load_path: str | os.PathLike, network: torch.nn.Module, map_location: str = "cpu") -> None:
+        self.load_path = Path(load_path)
+        self.network = network
+        self.map_location = map_location
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        load_network_weights(self.network, self.load_path, self.map_location)
+        logger.info("loaded network weights from '%s'", self.load_path)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": [list(random.getstate()[1]), random.getstate()[0]],
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    internal, version = state["python"]
+    random.setstate((version, tuple(internal), None))
+
+
+class BestModelSaver:
+    """Save the network's plain state dict whenever the validation key metric improves.
+
+    Attach to the validator. ``models/model.pt`` is what evaluation, inference, export and
+    MONAI Label load.
+
+    Args:
+        save_path: file to write, e.g. ``models/model.pt``.
+        network: the trained network (DDP wrappers are unwrapped).
+        metric_name: validator metric to maximise.
+        enabled: False on non-zero ranks of a distributed run.
+    """
+
+    def __init__(
+        self, save_path: str | os.PathLike, network: torch.nn.Module, metric_name: str, enabled: bool = True
+    ) -> None:
+        self.save_path = Path(save_path)
+        self.network = network
+        self.metric_name = metric_name
+        self.enabled = enabled
+        self.best_metric = -float("inf")
+        self.best_epoch = -1
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        value = float(engine.state.metrics[self.metric_name])
+        if value > self.best_metric:
+            self.best_metric, self.best_epoch = value, int(engine.state.epoch)
+            if self.enabled:
+                save_checkpoint(unwrap_model(self.network).state_dict(), self.save_path)
+                logger.info("new best %s %.4f at epoch %d: saved %s", self.metric_name, value, self.best_epoch, self.save_path)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.best_metric, self.best_epoch = float(state["best_metric"]), int(state["best_epoch"])
+
+
+class ResumableEarlyStopHandler(EarlyStopHandler):
+    """Early stopping on a validation metric, whose patience counter survives a resume.
+
+    Attach to the trainer after the ``ValidationHandler``: at each epoch end it reads
+    ``validator.state.metrics[metric_name]`` and stops the trainer after ``patience`` epochs
+    without an improvement larger than ``min_delta``.
+
+    Args:
+        patience: epochs without improvement before stopping.
+        validator: the evaluator whose metric is watched.
+        metric_name: e.g. ``"val_mean_dice"``.
+        min_delta: smallest change that counts as an improvement.
+    """
+
+    def __init__(self, patience: int, validator: Engine, metric_name: str, min_delta: float = 0.0) -> None:
+        self.validator = validator
+        self.metric_name = metric_name
+        super().__init__(patience=patience, score_function=self._score, min_delta=min_delta, epoch_level=True)
+
+    def _score(self, engine: Engine) -> float:
+        return float(self.validator.state.metrics[self.metric_name])
+
+    def attach(self, engine: Engine) -> None:
+        if self._handler is None:
+            self.set_trainer(engine)
+        super().attach(engine)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._handler.state_dict() if self._handler is not None else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if self._handler is not None and state:
+            self._handler.load_state_dict(state)
+
+
+class TrainingCheckpoint:
+    """Save everything needed to resume after every epoch; resume from it at start.
+
+    Attach to the trainer after the ``ValidationHandler`` and early stopping, so the saved state
+    includes that epoch's validation (best metric, early-stopping counter). The trainer's own
+    state (epoch, iteration) is saved under ``"trainer"``.
+
+    Args:
+        save_path: e.g. ``models/checkpoint_last.pt``.
+        save_dict: name -> object with ``state_dict``/``load_state_dict`` (network, optimizer,
+            lr scheduler, early stopping, best-model saver...).
+        resume: load ``save_path`` at start if it exists.
+        enabled: False on non-zero ranks (they still resume from the file).
+    """
+
+    def __init__(
+        self, save_path: str | os.PathLike, save_dict: Mapping[str, Any], resume: bool = False, enabled: bool = True
+    ) -> None:
+        self.save_path = Path(save_path)
+        self.save_dict = dict(save_dict)
+        self.resume = resume
+        self.enabled = enabled
+
+    def attach(self, engine: Engine) -> None:
+        self.save_dict.setdefault("trainer", engine)
+        engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+
+    def _objects(self) -> dict[str, Any]:
+        return {k: unwrap_model(v) if isinstance(v, torch.nn.Module) else v for k, v in self.save_dict.items()}
+
+    def save(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        state = {name: obj.state_dict() for name, obj in self._objects().items()}
+        state["rng"] = _rng_state()
+        save_checkpoint(state, self.save_path)
+
+    def load(self, engine: Engine) -> None:
+        if not (self.resume and self.save_path.is_file()):
+            return
+        state = load_checkpoint(self.save_path)
+        missing = [name for name in self.save_dict if name not in state]
+        if missing:
+            raise CheckpointError(f"checkpoint '{self.save_path}' lacks {missing}; cannot resume from it")
+        max_epochs = engine.state.max_epochs
+        for name, obj in self._objects().items():
+            obj.load_state_dict(state[name])
+        if "rng" in state:
+            _set_rng_state(state["rng"])
+        engine.state.max_epochs = max_epochs  # a resumed run may be given a longer schedule
+        logger.info("resumed from '%s' at epoch %d", self.save_path, engine.state.epoch)

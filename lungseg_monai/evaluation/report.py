@@ -1,0 +1,143 @@
+"""An evaluator handler that writes a per-image metrics report at the original resolution.
+
+Outputs, under ``output_dir``: ``metrics.csv`` (one row per image with ``name``, ``dice``,
+``iou``, ``hd95``, ``assd``, ``distance_unit``), ``summary.json`` (mean, median, std, min, max of
+each metric and the five worst cases by Dice) and ``worst/NAME.png`` overlays (prediction red,
+reference green) of those worst cases.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from lungseg_monai.evaluation.metrics import METRIC_NAMES, segmentation_metrics
+from lungseg_monai.io import read_radiograph
+from lungseg_monai.outputs import atomic_path, save_overlay
+
+__all__ = ["SegmentationReport", "summarise"]
+
+logger = logging.getLogger(__name__)
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    return arr[np.isfinite(arr)]
+
+
+def summarise(rows: Sequence[Mapping[str, Any]], n_worst: int = 5) -> dict[str, Any]:
+    """Mean/median/std/min/max of each metric (infinite distances counted separately) and the worst cases."""
+    summary: dict[str, Any] = {"n_images": len(rows)}
+    for name in METRIC_NAMES:
+        values = [float(r[name]) for r in rows]
+        finite = _finite(values)
+        summary[name] = {
+            "mean": float(finite.mean()) if finite.size else math.nan,
+            "median": float(np.median(finite)) if finite.size else math.nan,
+            "std": float(finite.std()) if finite.size else math.nan,
+            "min": float(finite.min()) if finite.size else math.nan,
+            "max": float(finite.max()) if finite.size else math.nan,
+            "n_infinite": int(len(values) - finite.size),
+        }
+    worst = sorted(rows, key=lambda r: float(r["dice"]))[:n_worst]
+    summary["worst"] = [{k: r[k] for k in ("name", "image", *METRIC_NAMES)} for r in worst]
+    return summary
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else "inf"
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+class SegmentationReport:
+    """Collect per-image metrics from an evaluator's output and write the report when it completes.
+
+    The evaluator's post-processing must leave, per image, a binary ``pred`` at the original
+    resolution and the ``label`` loaded at the original resolution; ``image`` carries the meta
+    (``filename_or_obj``, ``spacing``, ``spacing_known``).
+
+    Args:
+        output_dir: where ``metrics.csv``, ``summary.json`` and ``worst/`` go.
+        n_worst: how many worst cases to list and draw.
+        enabled: False on non-zero ranks of a distributed run.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        n_worst: int = 5,
+        pred_key: str = "pred",
+        label_key: str = "label",
+        image_key: str = "image",
+        enabled: bool = True,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.n_worst = n_worst
+        self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
+        self.enabled = enabled
+        self.rows: list[dict[str, Any]] = []
+        self._masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows, self._masks = [], {}
+
+    def _collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        items = output if isinstance(output, list) else [output]
+        for item in items:
+            image = item[self.image_key]
+            meta = image.meta
+            path = str(meta["filename_or_obj"])
+            known = bool(torch.as_tensor(meta.get("spacing_known", False)).item())
+            spacing = [float(s) for s in torch.as_tensor(meta["spacing"]).flatten()] if known else None
+            pred = torch.as_tensor(item[self.pred_key]).detach().cpu().numpy()[0] > 0.5
+            label = torch.as_tensor(item[self.label_key]).detach().cpu().numpy()[0] > 0.5
+            values = segmentation_metrics(pred, label, spacing)
+            name = Path(path).name
+            self.rows.append({"name": name, "image": path, **values, "distance_unit": "mm" if known else "pixel"})
+            self._masks[name] = (pred, label)
+
+    def _write(self, engine: Engine) -> None:
+        if not self.enabled or not self.rows:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        fields = ["name", "image", *METRIC_NAMES, "distance_unit"]
+        with atomic_path(self.output_dir / "metrics.csv") as tmp:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(self.rows)
+        summary = summarise(self.rows, self.n_worst)
+        with atomic_path(self.output_dir / "summary.json") as tmp:
+            tmp.write_text(json.dumps(_json_safe(summary), indent=2))
+        for case in summary["worst"]:
+            pred, label = self._masks[case["name"]]
+            pixels = read_radiograph(case["image"]).pixels
+            save_overlay(pixels, pred, self.output_dir / "worst" / f"{Path(case['name']).stem}.png", reference=label)
+        logger.info(
+            "evaluation of %d images: mean Dice %.4f, median %.4f; report in %s",
+            len(self.rows),
+            summary["dice"]["mean"],
+            summary["dice"]["median"],
+            self.output_dir,
+        )

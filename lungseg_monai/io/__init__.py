@@ -1,0 +1,39 @@
+"""Loading chest radiographs and lung masks from raster, DICOM and medical-volume files."""
+
+from __future__ import annotations
+
+from lungseg_monai.io.dicom import NON_IMAGE_MODALITIES, is_dicom_file, read_dicom
+from lungseg_monai.io.errors import (
+    ImageTooLargeError,
+    MaskMismatchError,
+    RadiographReadError,
+    UnsupportedTransferSyntaxError,
+)
+from lungseg_monai.io.reader import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_SUFFIXES,
+    Radiograph,
+    check_mask_matches,
+    looks_inverted,
+    max_pixels,
+    read_mask,
+    read_radiograph,
+)
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "NON_IMAGE_MODALITIES",
+    "SUPPORTED_SUFFIXES",
+    "ImageTooLargeError",
+    "MaskMismatchError",
+    "Radiograph",
+    "RadiographReadError",
+    "UnsupportedTransferSyntaxError",
+    "check_mask_matches",
+    "is_dicom_file",
+    "looks_inverted",
+    "max_pixels",
+    "read_dicom",
+    "read_mask",
+    "read_radiograph",
+]

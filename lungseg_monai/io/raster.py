@@ -1,0 +1,104 @@
+"""Readers for raster (PNG/JPEG/TIFF/BMP) and medical-volume (MetaImage, NRRD, NIfTI) radiographs.
+
+All readers return ``(pixels, meta)`` with pixels of shape (rows, columns): the same orientation
+PIL and pydicom use, so an image and a mask read here never disagree about orientation.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lungseg_monai.io.errors import ImageTooLargeError, RadiographReadError
+
+__all__ = ["read_raster", "read_volume_file", "RASTER_SUFFIXES", "VOLUME_SUFFIXES"]
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+VOLUME_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii", ".nii.gz")
+
+
+def read_raster(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an 8/16-bit grey, RGB, RGBA or palette raster image as grey float32 (rows, columns).
+
+    The size in the header is checked against ``max_pixels`` before any pixel is decoded.
+    """
+    try:
+        with warnings.catch_warnings():
+            # PIL's own bomb warning would fire before our clearer error.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(path, f"{e}") from e
+    except Exception as e:
+        raise RadiographReadError(path, f"not a readable image ({type(e).__name__}: {e})") from e
+    with img:
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                path, f"{width}x{height} pixels exceeds the limit of {max_pixels} (LUNGSEG_MAX_PIXELS)"
+            )
+        if width < 1 or height < 1:
+            raise RadiographReadError(path, f"image has no pixels ({width}x{height})")
+        mode = img.mode
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                    pixels = np.asarray(img).astype(np.float32)
+                    bits = 16 if mode.startswith("I;16") or pixels.max(initial=0) > 255 else 8
+                elif mode == "L":
+                    pixels, bits = np.asarray(img).astype(np.float32), 8
+                else:  # RGB, RGBA, P, LA, CMYK, 1: luminance
+                    pixels, bits = np.asarray(img.convert("L")).astype(np.float32), 8
+        except Exception as e:  # truncated or corrupt pixel data
+            raise RadiographReadError(path, f"pixel data cannot be decoded ({type(e).__name__}: {e})") from e
+    if pixels.ndim != 2:
+        raise RadiographReadError(path, f"expected a 2D image, got shape {pixels.shape} (mode {mode})")
+    return pixels, {"spacing": None, "photometric": f"PIL:{mode}", "bits_stored": bits}
+
+
+def _squeeze_2d(path: str | Path, data: np.ndarray) -> np.ndarray:
+    data = np.squeeze(np.asarray(data))
+    if data.ndim != 2:
+        raise RadiographReadError(path, f"expected a 2D radiograph, got an array of shape {data.shape}")
+    return data
+
+
+def read_volume_file(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a 2D radiograph stored as MetaImage/NRRD (through ITK) or NIfTI (through nibabel).
+
+    NIfTI stores the first axis as x (columns); it is transposed to (rows, columns). Spacing is
+    returned as (row, column) millimetres.
+    """
+    name = str(path).lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            img = nib.load(str(path))
+            if int(np.prod(img.shape)) > max_pixels:
+                raise ImageTooLargeError(path, f"{img.shape} exceeds the limit of {max_pixels} pixels")
+            data = _squeeze_2d(path, img.get_fdata(dtype=np.float32)).T
+            zooms = img.header.get_zooms()
+            spacing = (float(zooms[1]), float(zooms[0]))
+        else:
+            import itk
+
+            img = itk.imread(str(path))
+            size = tuple(int(s) for s in img.GetLargestPossibleRegion().GetSize())
+            if int(np.prod(size)) > max_pixels:
+                raise ImageTooLargeError(path, f"{size} exceeds the limit of {max_pixels} pixels")
+            data = _squeeze_2d(path, itk.array_from_image(img)).astype(np.float32)
+            sp = tuple(float(s) for s in img.GetSpacing())
+            spacing = (sp[1], sp[0])
+    except RadiographReadError:
+        raise
+    except Exception as e:
+        raise RadiographReadError(path, f"not a readable image ({type(e).__name__}: {e})") from e
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        spacing = None
+    return data.astype(np.float32), {"spacing": spacing, "photometric": "MONOCHROME2", "bits_stored": 16}
