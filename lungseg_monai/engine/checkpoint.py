@@ -7,6 +7,7 @@ load only with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -136,19 +137,29 @@ class BestModelSaver:
     Attach to the validator. ``models/model.pt`` is what evaluation, inference, export and
     MONAI Label load.
 
+    Beside it, ``model.json`` records what is needed to use the weights without the training
+    config (backbone, image size, intensity settings) plus the metric and epoch.
+
     Args:
         save_path: file to write, e.g. ``models/model.pt``.
         network: the trained network (DDP wrappers are unwrapped).
         metric_name: validator metric to maximise.
+        metadata: JSON-serialisable facts about the model, written to the ``.json`` sidecar.
         enabled: False on non-zero ranks of a distributed run.
     """
 
     def __init__(
-        self, save_path: str | os.PathLike, network: torch.nn.Module, metric_name: str, enabled: bool = True
+        self,
+        save_path: str | os.PathLike,
+        network: torch.nn.Module,
+        metric_name: str,
+        metadata: Mapping[str, Any] | None = None,
+        enabled: bool = True,
     ) -> None:
         self.save_path = Path(save_path)
         self.network = network
         self.metric_name = metric_name
+        self.metadata = dict(metadata or {})
         self.enabled = enabled
         self.best_metric = -float("inf")
         self.best_epoch = -1
@@ -162,6 +173,9 @@ class BestModelSaver:
             self.best_metric, self.best_epoch = value, int(engine.state.epoch)
             if self.enabled:
                 save_checkpoint(unwrap_model(self.network).state_dict(), self.save_path)
+                record = {**self.metadata, self.metric_name: value, "epoch": self.best_epoch}
+                with atomic_path(self.save_path.with_suffix(".json")) as tmp:
+                    tmp.write_text(json.dumps(record, indent=2, default=str))
                 logger.info("new best %s %.4f at epoch %d: saved %s", self.metric_name, value, self.best_epoch, self.save_path)
 
     def state_dict(self) -> dict[str, float]:
