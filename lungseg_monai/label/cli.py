@@ -1,0 +1,93 @@
+"""``lungseg label``: start the MONAI Label server with the lung model on a folder of radiographs.
+
+It runs ``monailabel start_server`` in this process with the app in :mod:`lungseg_monai.label`.
+MONAI Label writes its own files (logs, a copy of the app's ``main.py``) to ``<workdir>/app``
+rather than into the installed package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from pathlib import Path
+
+__all__ = ["add_parser", "run", "start_server_args"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8000
+DEFAULT_HOST = "127.0.0.1"
+EXIT_BAD_ARGS = 2
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``lungseg label``."""
+    parser = subparsers.add_parser(
+        "label",
+        help="serve the lung model to MONAI Label clients (3D Slicer, OHIF) for labelling and retraining",
+        description=(
+            "Start a MONAI Label server on a folder of chest radiographs (PNG, JPEG, DICOM...): /infer proposes "
+            "lung masks, PUT /datastore/label saves corrected ones, POST /train fine-tunes the model on them. "
+            "Works offline. Connect 3D Slicer's MONAI Label module to http://HOST:PORT."
+        ),
+    )
+    parser.add_argument("--studies", required=True, type=Path, help="folder of images (labels go to STUDIES/labels)")
+    parser.add_argument("--model", required=True, type=Path, help="models/model.pt written by the bundle's training")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}; 0.0.0.0 for all)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="fine-tuned models, runs and logs (default STUDIES/.lungseg_label)"
+    )
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: CUDA if available)")
+    parser.add_argument(
+        "--train-config", type=Path, default=None, help="bundle configs/train.json used to fine-tune (default: found)"
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def start_server_args(args: argparse.Namespace, app_dir: Path, workdir: Path) -> list[str]:
+    """The ``monailabel start_server`` arguments for a parsed ``lungseg label`` command line."""
+    argv = [
+        "start_server",
+        "--app", str(app_dir),
+        "--studies", str(args.studies),
+        "--host", args.host,
+        "--port", str(args.port),
+        "--conf", "model", str(args.model.resolve()),
+        "--conf", "workdir", str(workdir),
+    ]  # fmt: skip
+    if args.device:
+        argv += ["--conf", "device", args.device]
+    if args.train_config:
+        argv += ["--conf", "train_config", str(args.train_config.resolve())]
+    return argv
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the arguments, prepare ``<workdir>/app`` and serve until interrupted."""
+    from lungseg_monai.label import APP_DIR
+    from lungseg_monai.label.server import DEFAULT_WORKDIR_NAME
+
+    if not args.studies.is_dir():
+        logger.error("studies folder '%s' does not exist; pass a folder of chest radiographs", args.studies)
+        return EXIT_BAD_ARGS
+    if not args.model.is_file():
+        logger.error("model '%s' does not exist; pass the models/model.pt written by the bundle's training", args.model)
+        return EXIT_BAD_ARGS
+    if args.train_config is not None and not args.train_config.is_file():
+        logger.error("training config '%s' does not exist; pass a bundle's configs/train.json", args.train_config)
+        return EXIT_BAD_ARGS
+    workdir = (args.workdir or args.studies / DEFAULT_WORKDIR_NAME).resolve()
+    app_dir = workdir / "app"
+    app_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(APP_DIR / "main.py", app_dir / "main.py")
+
+    from monailabel.main import Main
+
+    server = Main(loglevel=logging.INFO, actions=("start_server",))
+    server.action_start_server(server.args_parser().parse_args(start_server_args(args, app_dir, workdir)))
+    return 0

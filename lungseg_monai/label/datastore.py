@@ -1,0 +1,77 @@
+"""A MONAI Label local datastore for chest radiographs: PNG, JPEG, TIFF, BMP, DICOM and 2D volumes.
+
+MONAI Label's ``LocalDatastore`` lists only the extensions it is given (by default NIfTI, NRRD,
+JPEG, PNG, TIFF, SVS), so DICOM files would not appear in ``/datastore``. This one lists every
+format ``lungseg_monai.io`` reads (lower- and upper-case suffixes), and checks what clients send:
+an uploaded image must be a readable radiograph, and a label must be a readable mask of exactly the
+image's size, or the request is refused with a 4xx answer naming the problem.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from monailabel.datastore.local import LocalDatastore
+
+from lungseg_monai.io import SUPPORTED_SUFFIXES, RadiographReadError, read_mask, read_radiograph
+from lungseg_monai.label.errors import BadRequestError, ImageNotFoundError
+
+__all__ = ["RadiographDatastore", "IMAGE_PATTERNS"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_PATTERNS = tuple(dict.fromkeys(f"*{s}" for suffix in SUPPORTED_SUFFIXES for s in (suffix, suffix.upper())))
+
+
+class RadiographDatastore(LocalDatastore):
+    """Images are the radiograph files directly in ``studies``; labels go to ``studies/labels/<tag>/``.
+
+    An image's id is its file name without the suffix (``chest.dcm`` -> ``chest``).
+
+    Args:
+        studies: the folder of images.
+        auto_reload: watch the folder and pick up added or removed files.
+        read_only: do not reconcile the datastore file with the folder at start.
+    """
+
+    def __init__(self, studies: str, auto_reload: bool = True, read_only: bool = False) -> None:
+        super().__init__(studies, extensions=IMAGE_PATTERNS, auto_reload=auto_reload, read_only=read_only)
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """Add an uploaded image after checking that it reads as a radiograph.
+
+        Raises:
+            BadRequestError: the file is not a readable radiograph.
+        """
+        try:
+            read_radiograph(image_filename)
+        except RadiographReadError as e:
+            raise BadRequestError(f"image '{image_id or image_filename}' was not added: {e.reason}") from e
+        return super().add_image(image_id, image_filename, image_info)
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        """Save a label (any non-zero pixel is lung) after checking it against its image.
+
+        Raises:
+            ImageNotFoundError: no image has this id.
+            BadRequestError: the label is not a readable image, or its size differs from the image's.
+        """
+        image_path = self.get_image_uri(image_id)
+        if not image_path:
+            raise ImageNotFoundError(image_id)
+        try:
+            mask = read_mask(label_filename)
+        except RadiographReadError as e:
+            raise BadRequestError(f"label for image '{image_id}' was not saved: {e.reason}") from e
+        try:
+            image_shape = read_radiograph(image_path, polarity="header").shape
+        except RadiographReadError as e:
+            raise BadRequestError(f"label for image '{image_id}' was not saved: its image cannot be read ({e.reason})") from e
+        if mask.shape != image_shape:
+            (mr, mc), (ir, ic) = mask.shape, image_shape
+            raise BadRequestError(
+                f"label for image '{image_id}' is {mc}x{mr} pixels but the image is {ic}x{ir}; "
+                "a label must have exactly its image's size (width x height)"
+            )
+        return super().save_label(image_id, label_filename, label_tag, label_info)

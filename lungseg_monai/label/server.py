@@ -1,0 +1,112 @@
+"""The MONAI Label app: a ``MONAILabelApp`` serving the lung model on a local folder of radiographs.
+
+Configuration (``--conf KEY VALUE`` of ``monailabel start_server``; ``lungseg label`` sets them):
+
+- ``model`` (required): the initial ``models/model.pt`` (its ``model.json`` beside it).
+- ``workdir``: where fine-tuned models, training runs and stats go; default ``<studies>/.lungseg_label``.
+- ``device``: torch device for inference and training; default CUDA when available, else CPU.
+- ``train_config``: the bundle's ``configs/train.json``; default the bundle the model sits in, else
+  the bundle beside this package's source.
+
+Nothing is downloaded: the model, its preprocessing and the training config are all local.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+
+import lungseg_monai
+from lungseg_monai.label import MODEL_NAME
+from lungseg_monai.label.datastore import RadiographDatastore
+from lungseg_monai.label.errors import ImageNotFoundError
+from lungseg_monai.label.infer import LungSegInferTask
+from lungseg_monai.label.models import ModelStore, ReloadingSegmenter
+from lungseg_monai.label.train import LungSegTrainTask, find_train_config
+
+__all__ = ["LungSegLabelApp", "DEFAULT_WORKDIR_NAME"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WORKDIR_NAME = ".lungseg_label"
+
+
+class LungSegLabelApp(MONAILabelApp):
+    """Lung segmentation of chest radiographs for MONAI Label clients (3D Slicer, OHIF, REST).
+
+    Args:
+        app_dir: the app folder (holds ``main.py``; MONAI Label keeps its logs there).
+        studies: the folder of images (PNG, JPEG, TIFF, BMP, DICOM, 2D NIfTI/NRRD/MetaImage).
+        conf: ``model`` (required), ``workdir``, ``device``, ``train_config`` (see the module doc).
+
+    Raises:
+        ValueError: ``model`` missing from ``conf`` or ``studies`` is a URL.
+        FileNotFoundError: the model file does not exist.
+    """
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        conf = dict(conf or {})
+        if not conf.get("model"):
+            raise ValueError("no model given: start the server with --conf model <path to models/model.pt>")
+        if studies.startswith(("http://", "https://")):
+            raise ValueError(f"studies must be a local folder of images, got the URL '{studies}'")
+        workdir = Path(conf.get("workdir") or Path(studies) / DEFAULT_WORKDIR_NAME)
+        device = conf.get("device") or None
+        self.store = ModelStore(conf["model"], workdir)
+        self.segmenter = ReloadingSegmenter(self.store, device)
+        self.train_config = find_train_config(conf.get("train_config"), self.store.initial)
+        self.device = device
+        logger.info(
+            "lung model: serving '%s' (initial '%s'); fine-tuned models go to '%s'; training config '%s'",
+            self.store.current(),
+            self.store.initial,
+            self.store.published,
+            self.train_config,
+        )
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="lungseg_monai",
+            description="Lung segmentation of chest radiographs (PNG, JPEG, DICOM): proposals, corrections, fine-tuning",
+            version=lungseg_monai.__version__,
+        )
+
+    def init_datastore(self) -> Datastore:
+        from monailabel.config import settings
+
+        return RadiographDatastore(
+            self.studies,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self) -> dict[str, InferTask]:
+        return {
+            MODEL_NAME: LungSegInferTask(
+                self.segmenter, description="Lung mask of a chest radiograph (lungseg_monai LungUNet)"
+            )
+        }
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        return {MODEL_NAME: LungSegTrainTask(self.store, self.train_config, self.device)}
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        return {"random": Random(), "first": First()}
+
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """MONAI Label's infer, answering 404 (not a server error) for an image id not in the datastore."""
+        image = request.get("image")
+        datastore = datastore or self.datastore()
+        if isinstance(image, str) and image and not Path(image).exists() and not datastore.get_image_uri(image):
+            raise ImageNotFoundError(image)
+        return super().infer(request, datastore)
