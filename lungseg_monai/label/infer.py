@@ -4,7 +4,7 @@ The mask goes through :class:`lungseg_monai.inference.LungSegmenter`, like every
 segmenting in this project, and comes back at the image's own size as a label map (0 background,
 1 lung). Raster images (PNG, JPEG, ...) get a PNG mask that lines up pixel for pixel; DICOM and
 volume files get an NRRD mask carrying the geometry (spacing, origin, direction) ITK reads from the
-image, so that it overlays the image in 3D Slicer, which places both by that geometry.
+image's header, so that it overlays the image in 3D Slicer, which places both by that geometry.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ from lungseg_monai.io.raster import RASTER_SUFFIXES
 from lungseg_monai.label import LABEL_NAMES
 from lungseg_monai.label.errors import BadRequestError
 from lungseg_monai.label.models import ReloadingSegmenter
-from lungseg_monai.outputs import save_png
+from lungseg_monai.outputs import atomic_path, save_png
 
-__all__ = ["LungSegInferTask", "write_label_map", "RESULT_EXTENSIONS"]
+__all__ = ["LungSegInferTask", "Geometry", "read_geometry", "write_label_map", "default_result_extension", "RESULT_EXTENSIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,24 +40,28 @@ def default_result_extension(image_path: str | os.PathLike) -> str:
     return ".png" if str(image_path).lower().endswith(RASTER_SUFFIXES) else ".nrrd"
 
 
-def _itk_geometry(image_path: str | os.PathLike) -> tuple[int, list[float], list[float], np.ndarray] | None:
-    """(dimension, spacing, origin, direction) as ITK reads them from the header, or None if ITK cannot."""
-    import itk
+@dataclass(frozen=True)
+class Geometry:
+    """Where an image's pixels lie in space, as ITK (and so 3D Slicer) reads it from the file's header."""
 
+    dimension: int
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]  # row-major dimension x dimension matrix
+
+
+def read_geometry(image_path: str | os.PathLike) -> Geometry | None:
+    """The header geometry SimpleITK reads (no pixel decoding), or None when it cannot read the file."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(image_path))
     try:
-        image_io = itk.ImageIOFactory.CreateImageIO(str(image_path), itk.CommonEnums.IOFileMode_ReadMode)
-        if image_io is None:
-            return None
-        image_io.SetFileName(str(image_path))
-        image_io.ReadImageInformation()
-    except Exception as e:  # ITK raises RuntimeError subclasses of many kinds
-        logger.debug("ITK cannot read the header of '%s': %s", image_path, e)
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        logger.debug("SimpleITK cannot read the header of '%s': %s", image_path, e)
         return None
-    ndim = int(image_io.GetNumberOfDimensions())
-    spacing = [float(image_io.GetSpacing(i)) for i in range(ndim)]
-    origin = [float(image_io.GetOrigin(i)) for i in range(ndim)]
-    direction = np.array([[image_io.GetDirection(j)[i] for j in range(ndim)] for i in range(ndim)], dtype=np.float64)
-    return ndim, spacing, origin, direction
+    return Geometry(reader.GetDimension(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
 
 def write_label_map(
@@ -68,28 +73,28 @@ def write_label_map(
     """Write a (rows, columns) uint8 label map as PNG, NRRD, NIfTI or MetaImage (by ``target``'s suffix).
 
     Rows and columns are never swapped: row ``r``, column ``c`` of ``mask`` is pixel (x=c, y=r) of
-    the file, like the image it was made from. Non-PNG files take the geometry ITK reads from
-    ``reference`` (spacing, origin, direction; a single-slice volume stays one), else ``spacing``
-    ((row, column) mm), else 1 mm pixels.
+    the file, like the image it was made from. Non-PNG files take the geometry read from
+    ``reference``'s header (spacing, origin, direction; a single-slice volume stays one), else
+    ``spacing`` ((row, column) mm), else 1 mm pixels.
     """
     target = Path(target)
     if target.name.lower().endswith(".png"):
         return save_png(mask.astype(np.uint8), target)
-    import itk
+    import SimpleITK as sitk
 
-    geometry = _itk_geometry(reference) if reference is not None else None
-    if geometry is not None and geometry[0] == 3:
-        image = itk.image_from_array(np.ascontiguousarray(mask[None], dtype=np.uint8))
-    else:
-        image = itk.image_from_array(np.ascontiguousarray(mask, dtype=np.uint8))
-    if geometry is not None and geometry[0] in (2, 3):
-        _, sp, origin, direction = geometry
-        image.SetSpacing(sp)
-        image.SetOrigin(origin)
-        image.SetDirection(itk.matrix_from_array(direction))
+    geometry = read_geometry(reference) if reference is not None else None
+    if geometry is not None and geometry.dimension not in (2, 3):
+        geometry = None
+    array = np.ascontiguousarray(mask, dtype=np.uint8)
+    image = sitk.GetImageFromArray(array[None] if geometry is not None and geometry.dimension == 3 else array)
+    if geometry is not None:
+        image.SetSpacing(geometry.spacing)
+        image.SetOrigin(geometry.origin)
+        image.SetDirection(geometry.direction)
     elif spacing is not None:
-        image.SetSpacing([float(spacing[1]), float(spacing[0])])
-    itk.imwrite(image, str(target), compression=True)
+        image.SetSpacing((float(spacing[1]), float(spacing[0])))
+    with atomic_path(target) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
     return target
 
 
@@ -126,7 +131,7 @@ class LungSegInferTask(InferTask):
         try:
             radiograph = read_radiograph(image)
         except RadiographReadError as e:
-            raise BadRequestError(f"cannot segment: {e.reason} (file '{Path(image).name}')") from e
+            raise BadRequestError(f"cannot segment '{Path(image).name}': {e.reason}") from e
         loaded = time.perf_counter()
         segmenter, model_path = self.segmenter.get()
         mask = segmenter.segment(radiograph)

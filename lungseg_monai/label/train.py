@@ -149,7 +149,7 @@ def fine_tune(
     Writes the bundle outputs under ``run_dir`` (``models/model.pt`` + ``model.json``, logs).
 
     Returns:
-        ``{"epoch", "best_metric", "best_metric_epoch", "model"}`` of the run.
+        ``{"epoch", "best_metric", "best_metric_epoch", "run_model"}`` of the run.
 
     Raises:
         RuntimeError: training finished without saving a model (validation Dice never a number).
@@ -197,7 +197,7 @@ def fine_tune(
         "epoch": int(trainer.state.epoch),
         "best_metric": float(saver.best_metric),
         "best_metric_epoch": int(saver.best_epoch),
-        "model": str(model_pt),
+        "run_model": str(model_pt),
     }
 
 
@@ -247,7 +247,7 @@ class LungSegTrainTask(TrainTask):
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "datalist.json").write_text(json.dumps(splits, indent=2))
         result = fine_tune(splits, base, run_dir, self.train_config, params, self.device)
-        published = self.store.publish(result["model"], fine_tuned_from=base)
+        published = self.store.publish(result["run_model"], fine_tuned_from=base)
         stats = {
             **result,
             "total_epochs": params["max_epochs"],

@@ -1,0 +1,353 @@
+"""The MONAI Label app end to end: a real ``lungseg label`` server on a loopback port.
+
+One server (module scope) on a studies folder of real radiographs: two embedded sample PNGs (one
+cropped to 384x512 so that rows and columns differ) and, when ../shared is present, two real DICOM
+files. The served model is the session's small trained bundle with its model card's threshold set
+to the middle of its probabilities on the cropped image, so that its masks are neither empty nor
+full and not symmetric: a transposed or flipped mask would not compare equal.
+
+The expected masks come from ``LungSegmenter.segment``, which ``lungseg infer`` goes through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("monailabel", reason="needs the 'label' extra (pip install 'lungseg_monai[label]')")
+requests = pytest.importorskip("requests")
+
+from PIL import Image  # noqa: E402
+
+from lungseg_monai.inference import LungSegmenter  # noqa: E402
+from lungseg_monai.io import read_radiograph  # noqa: E402
+from lungseg_monai.label import LABEL_NAMES, MODEL_NAME  # noqa: E402
+from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, REPO_ROOT, SAMPLE_DATA, SHARED_DICOM, require_shared  # noqa: E402
+
+STARTUP_TIMEOUT_S = 120
+TRAIN_TIMEOUT_S = 300
+REQUEST_TIMEOUT_S = 120
+CROPPED_ROWS = 384  # the sample images are 512x512
+CROPPED_ID = "cropped_1880e301"
+PNG_ID = "1052b0fe"
+DICOM_IDS = (DICOM_J2K_MONO1.stem, DICOM_FAKE_MONO1.stem)
+CONCURRENT_REQUESTS = 20
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log: Path
+    studies: Path
+    workdir: Path
+    model: Path
+    session: requests.Session
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else "(no log)"
+
+    def infer(self, image_id: str, **params: str) -> requests.Response:
+        query = {"image": image_id, "output": "image", **params}
+        return self.session.post(f"{self.url}/infer/{MODEL_NAME}", params=query, timeout=REQUEST_TIMEOUT_S)
+
+    def infer_params(self, image_id: str) -> dict:
+        response = self.session.post(
+            f"{self.url}/infer/{MODEL_NAME}", params={"image": image_id, "output": "json"}, timeout=REQUEST_TIMEOUT_S
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def put_label(self, image_id: str, filename: str, content: bytes) -> requests.Response:
+        return self.session.put(
+            f"{self.url}/datastore/label",
+            params={"image": image_id},
+            files={"label": (filename, content)},
+            timeout=REQUEST_TIMEOUT_S,
+        )
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _png_bytes(mask: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _segmenter(model: Path) -> LungSegmenter:
+    # Same device and thread count as the server, so that probabilities agree to the last bit.
+    import torch
+
+    torch.set_num_threads(1)
+    return LungSegmenter.from_model(model, device="cpu")
+
+
+def expected_mask(model: Path, image: Path) -> np.ndarray:
+    return _segmenter(model).segment(read_radiograph(image))
+
+
+def _threshold_in_widest_gap(probabilities: np.ndarray) -> float:
+    """A threshold near the median that lies in the widest gap between neighbouring probabilities."""
+    values = np.unique(probabilities.ravel())
+    low, high = int(len(values) * 0.4), int(len(values) * 0.6)
+    gaps = np.diff(values[low : high + 1])
+    i = low + int(np.argmax(gaps))
+    return float((values[i] + values[i + 1]) / 2)
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("studies")
+    shutil.copyfile(SAMPLE_DATA / "images" / f"{PNG_ID}.png", folder / f"{PNG_ID}.png")
+    with Image.open(SAMPLE_DATA / "images" / "1880e301.png") as img:
+        img.crop((0, 0, img.width, CROPPED_ROWS)).save(folder / f"{CROPPED_ID}.png")
+    if SHARED_DICOM.is_dir():
+        for dicom in (DICOM_J2K_MONO1, DICOM_FAKE_MONO1):
+            shutil.copyfile(dicom, folder / dicom.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served_model(trained_bundle: Path, studies: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("served_model")
+    model = folder / "model.pt"
+    shutil.copyfile(trained_bundle / "models" / "model.pt", model)
+    card = json.loads((trained_bundle / "models" / "model.json").read_text())
+    probabilities = _segmenter(trained_bundle / "models" / "model.pt").predict_probabilities(
+        [read_radiograph(studies / f"{CROPPED_ID}.png")]
+    )[0]
+    card["threshold"] = _threshold_in_widest_gap(probabilities)
+    model.with_suffix(".json").write_text(json.dumps(card))
+    return model
+
+
+@pytest.fixture(scope="module")
+def server(studies: Path, served_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    port = _free_loopback_port()
+    workdir = tmp_path_factory.mktemp("label_workdir")
+    log = workdir / "server.log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        # Nothing may be fetched from the internet: any attempt fails on this dead proxy.
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    cmd = [
+        sys.executable, "-m", "lungseg_monai.cli", "label",
+        "--studies", str(studies), "--model", str(served_model), "--workdir", str(workdir),
+        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+    ]  # fmt: skip
+    session = requests.Session()
+    session.trust_env = False  # loopback only, never through a proxy
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    srv = Server(f"http://127.0.0.1:{port}", process, log, studies, workdir, served_model, session)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"lungseg label exited with {process.returncode} before serving:\n{srv.log_tail()}")
+            try:
+                if session.get(f"{srv.url}/info/", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"no answer from /info within {STARTUP_TIMEOUT_S} s:\n{srv.log_tail()}")
+            time.sleep(0.5)
+        yield srv
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        session.close()
+
+
+def _image_ids(studies: Path) -> set[str]:
+    return {p.name.split(".")[0] for p in studies.iterdir() if p.is_file() and p.suffix in (".png", ".dcm")}
+
+
+def test_info_lists_the_model_and_its_lung_label(server: Server) -> None:
+    info = server.session.get(f"{server.url}/info/", timeout=REQUEST_TIMEOUT_S).json()
+    assert info["labels"] == ["lung"]
+    assert set(info["models"]) == {MODEL_NAME}
+    assert info["models"][MODEL_NAME]["labels"] == LABEL_NAMES
+    assert info["models"][MODEL_NAME]["dimension"] == 2
+    assert set(info["trainers"]) == {MODEL_NAME}
+    assert info["datastore"]["total"] == len(_image_ids(server.studies))
+
+
+def test_datastore_lists_png_and_dicom_images(server: Server) -> None:
+    objects = server.session.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=REQUEST_TIMEOUT_S).json()
+    assert set(objects["objects"]) == _image_ids(server.studies)
+    if SHARED_DICOM.is_dir():
+        assert set(DICOM_IDS) <= set(objects["objects"])
+
+
+@pytest.mark.parametrize("image_id", [CROPPED_ID, PNG_ID])
+def test_infer_png_returns_the_lungseg_mask_at_image_size(server: Server, image_id: str) -> None:
+    response = server.infer(image_id)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(response.content)) as img:
+        mask = np.asarray(img)
+    expected = expected_mask(server.model, server.studies / f"{image_id}.png")
+    assert mask.shape == read_radiograph(server.studies / f"{image_id}.png").shape
+    np.testing.assert_array_equal(mask, expected)
+    assert set(np.unique(mask)) <= {0, LABEL_NAMES["lung"]}
+    if image_id == CROPPED_ID:  # the check above would catch a transposed or flipped mask
+        assert mask.shape == (CROPPED_ROWS, 512)
+        assert 0.05 < mask.mean() < 0.95
+        assert not np.array_equal(mask, mask[::-1]) and not np.array_equal(mask, mask[:, ::-1])
+
+
+# What ITK/GDCM, and so 3D Slicer, reads from these files: RG1_J2KI's PixelSpacing is 0\0 (invalid,
+# read as 1 mm); the SIIM pixels of Fake_MONOHR1 are 0.168 mm.
+DICOM_SPACING = {DICOM_J2K_MONO1.stem: (1.0, 1.0, 1.0), DICOM_FAKE_MONO1.stem: (0.168, 0.168, 1.0)}
+
+
+@pytest.mark.parametrize("dicom", [DICOM_J2K_MONO1, DICOM_FAKE_MONO1], ids=lambda p: p.stem)
+def test_infer_dicom_returns_the_lungseg_mask_with_the_image_geometry(server: Server, dicom: Path) -> None:
+    require_shared()
+    import SimpleITK as sitk  # what 3D Slicer's MONAI Label module reads results with
+
+    response = server.infer(dicom.stem)
+    assert response.status_code == 200, response.text
+    result = server.workdir / f"{dicom.stem}_mask.nrrd"
+    result.write_bytes(response.content)
+    label_map = sitk.ReadImage(str(result))
+    rows, cols = read_radiograph(dicom).shape
+    assert label_map.GetSize() == (cols, rows, 1)
+    assert label_map.GetSpacing() == pytest.approx(DICOM_SPACING[dicom.stem])
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(label_map)[0], expected_mask(server.model, dicom))
+
+
+def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(server: Server) -> None:
+    unknown = server.infer("no_such_image")
+    assert unknown.status_code == 404
+    assert "'no_such_image' is not in the datastore" in unknown.json()["detail"]
+
+    not_an_image = server.session.post(
+        f"{server.url}/infer/{MODEL_NAME}",
+        params={"output": "image"},
+        files={"file": ("notes.png", b"these are notes, not a radiograph")},
+        timeout=REQUEST_TIMEOUT_S,
+    )
+    assert not_an_image.status_code == 400
+    assert "not a readable image" in not_an_image.json()["detail"]
+
+    bad_label = server.put_label(PNG_ID, "label.png", b"not a mask")
+    assert bad_label.status_code == 400
+    assert "not a readable image" in bad_label.json()["detail"]
+
+    wrong_size = server.put_label(CROPPED_ID, "label.png", _png_bytes(np.ones((512, 512), np.uint8)))
+    assert wrong_size.status_code == 400
+    assert wrong_size.json()["detail"] == (
+        f"label for image '{CROPPED_ID}' is 512x512 pixels but the image is 512x{CROPPED_ROWS}; "
+        "a label must have exactly its image's size (width x height)"
+    )
+
+    orphan = server.put_label("no_such_image", "label.png", _png_bytes(np.ones((8, 8), np.uint8)))
+    assert orphan.status_code == 404
+
+    assert server.infer(PNG_ID).status_code == 200
+    assert not (server.studies / "labels" / "final" / f"{CROPPED_ID}.png").exists()
+
+
+def _real_cropped_mask() -> np.ndarray:
+    with Image.open(SAMPLE_DATA / "masks" / "1880e301.png") as img:
+        return (np.asarray(img)[:CROPPED_ROWS] > 0).astype(np.uint8)
+
+
+def test_saved_label_reads_back_unchanged(server: Server) -> None:
+    mask = _real_cropped_mask()  # the annotators' real mask, cropped like its image: not symmetric
+    saved = server.put_label(CROPPED_ID, "corrected.png", _png_bytes(mask * 255))
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["label"] == CROPPED_ID
+    back = server.session.get(
+        f"{server.url}/datastore/label", params={"label": CROPPED_ID, "tag": "final"}, timeout=REQUEST_TIMEOUT_S
+    )
+    with Image.open(io.BytesIO(back.content)) as img:
+        np.testing.assert_array_equal(np.asarray(img) > 0, mask > 0)
+    status = server.session.get(f"{server.url}/datastore/", timeout=REQUEST_TIMEOUT_S).json()
+    assert status["completed"] >= 1
+
+
+def test_twenty_concurrent_infers_all_succeed(server: Server) -> None:
+    expected = expected_mask(server.model, server.studies / f"{CROPPED_ID}.png")
+    with ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS) as pool:
+        responses = list(pool.map(lambda _: server.infer(CROPPED_ID), range(CONCURRENT_REQUESTS)))
+    assert [r.status_code for r in responses] == [200] * CONCURRENT_REQUESTS
+    for response in responses:
+        with Image.open(io.BytesIO(response.content)) as img:
+            np.testing.assert_array_equal(np.asarray(img), expected)
+
+
+def test_train_one_epoch_publishes_a_new_checkpoint_that_infer_then_uses(server: Server) -> None:
+    label = server.put_label(CROPPED_ID, "corrected.png", _png_bytes(_real_cropped_mask() * 255))
+    assert label.status_code == 200, label.text
+    before = server.session.get(f"{server.url}/model/info/{MODEL_NAME}", timeout=REQUEST_TIMEOUT_S).json()
+    assert before["checksum"] == f"SHA256:{_sha256(server.model)}"
+
+    started = server.session.post(
+        f"{server.url}/train/{MODEL_NAME}", json={"max_epochs": 1, "batch_size": 2}, timeout=REQUEST_TIMEOUT_S
+    )
+    assert started.status_code == 200, started.text
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    task = started.json()
+    while task["status"] in ("SUBMITTED", "RUNNING"):
+        assert time.monotonic() < deadline, f"training still {task['status']} after {TRAIN_TIMEOUT_S} s"
+        time.sleep(1)
+        task = server.session.get(f"{server.url}/train/", timeout=REQUEST_TIMEOUT_S).json()
+    assert task["status"] == "DONE", "\n".join(task.get("details", [])) + server.log_tail()
+
+    published = server.workdir / "models" / "model.pt"
+    after = server.session.get(f"{server.url}/model/info/{MODEL_NAME}", timeout=REQUEST_TIMEOUT_S).json()
+    assert after["checksum"] == f"SHA256:{_sha256(published)}" != before["checksum"]
+    card = json.loads(published.with_suffix(".json").read_text())
+    assert card["base_model"] == str(server.model) and card["image_size"] == 64
+    assert after["train_stats"]["total_epochs"] == 1 and after["train_stats"]["labels"] >= 1
+
+    params = server.infer_params(CROPPED_ID)
+    assert params["model"] == str(published)
+    response = server.infer(CROPPED_ID)
+    with Image.open(io.BytesIO(response.content)) as img:
+        np.testing.assert_array_equal(np.asarray(img), expected_mask(published, server.studies / f"{CROPPED_ID}.png"))
+
+
+def test_terminate_shuts_the_server_down_cleanly(server: Server) -> None:
+    server.process.terminate()
+    # uvicorn shuts down, then re-raises the signal it caught: killed by SIGTERM, after a clean shutdown.
+    assert server.process.wait(timeout=60) in (0, -signal.SIGTERM), server.log_tail()
+    assert "Application shutdown complete" in server.log_tail()
