@@ -138,7 +138,9 @@ class BestModelSaver:
     MONAI Label load.
 
     Beside it, ``model.json`` records what is needed to use the weights without the training
-    config (backbone, image size, intensity settings) plus the metric and epoch.
+    config (backbone, image size, intensity settings) plus the metric, the epoch and
+    ``n_validation_images``, the number of images the metric was computed on (in a distributed
+    run, over all processes).
 
     Args:
         save_path: file to write, e.g. ``models/model.pt``.
@@ -174,6 +176,9 @@ class BestModelSaver:
             if self.enabled:
                 save_checkpoint(unwrap_model(self.network).state_dict(), self.save_path)
                 record = {**self.metadata, self.metric_name: value, "epoch": self.best_epoch}
+                details = getattr(engine.state, "metric_details", {}).get(self.metric_name)
+                if details is not None:  # per-image scores, gathered from all processes
+                    record["n_validation_images"] = len(details)
                 with atomic_path(self.save_path.with_suffix(".json")) as tmp:
                     tmp.write_text(json.dumps(record, indent=2, default=str))
                 logger.info("new best %s %.4f at epoch %d: saved %s", self.metric_name, value, self.best_epoch, self.save_path)
