@@ -1,8 +1,8 @@
 """Multi-process training, resume and evaluation with the bundle's multi-GPU configs, on CPU (gloo).
 
 Two processes launched by torchrun train on the embedded sample data; the results are checked
-against single-process runs of the same checkpoint on the same data. Also fast unit tests of the
-sharding and gathering helpers.
+against a single-process run of the same checkpoint on the same data. Also fast unit tests of the
+sharding, gathering and resume-consistency helpers.
 """
 
 from __future__ import annotations
@@ -18,10 +18,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from ignite.engine import Engine
 from monai.bundle import ConfigParser
 
 from conftest import CONFIG_DIR, EVALUATE_CONFIG, REPO_ROOT, SAMPLE_DATA, TRAIN_CONFIG, config_list
-from lungseg_monai.engine import distributed_sampler, gather_objects, load_checkpoint, load_network_weights
+from lungseg_monai.engine import (
+    CheckpointError,
+    TrainingCheckpoint,
+    distributed_sampler,
+    gather_objects,
+    load_checkpoint,
+    load_network_weights,
+    save_checkpoint,
+)
+from lungseg_monai.engine import checkpoint as checkpoint_module
 from lungseg_monai.networks import LungUNet
 
 MULTI_TRAIN_CONFIG = CONFIG_DIR / "multi_gpu_train.json"
@@ -185,3 +195,15 @@ def test_split_smaller_than_the_number_of_processes_is_refused() -> None:
 
 def test_gather_objects_outside_a_process_group_returns_the_object_alone() -> None:
     assert gather_objects({"a": 1}) == [{"a": 1}]
+
+
+def test_resume_is_refused_when_only_some_processes_see_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "checkpoint_last.pt"
+    save_checkpoint({"network": torch.nn.Linear(1, 1).state_dict()}, path)
+    # as if process 1 ran on another node whose bundle_root lacks the file
+    monkeypatch.setattr(checkpoint_module, "gather_objects", lambda found: [found, False])
+    handler = TrainingCheckpoint(path, {"network": torch.nn.Linear(1, 1)}, resume=True)
+    with pytest.raises(CheckpointError, match=r"exists for processes \[0\] and not for processes \[1\]"):
+        handler.load(Engine(lambda engine, batch: None))
