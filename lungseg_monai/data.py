@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lungseg_monai.io import SUPPORTED_SUFFIXES
+from lungseg_monai.outputs.atomic import atomic_path
 
 __all__ = ["datalist_from_folder", "load_datalist", "split_datalist", "prepare_splits", "file_stem"]
 
@@ -155,11 +156,9 @@ def prepare_splits(
     same parts; the JSON lets other tools reuse exactly those lists.
     """
     splits = split_datalist(load_datalist(dataset_dir), ratios=ratios, seed=seed)
-    output_file = Path(output_file)
-    output_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_file.with_name(output_file.name + ".tmp")
     record = {"dataset_dir": str(Path(dataset_dir).resolve()), "ratios": list(ratios), "seed": seed, **splits}
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, output_file)
+    # a unique temporary name: in a distributed run every process writes this (identical) file
+    with atomic_path(output_file) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
     logger.info("split %s: %s", output_file, {k: len(v) for k, v in splits.items()})
     return splits

@@ -13,6 +13,7 @@ from lungseg_monai.engine.checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
+from lungseg_monai.engine.distributed import distributed_sampler, gather_objects, is_distributed
 
 __all__ = [
     "BestModelSaver",
@@ -20,6 +21,9 @@ __all__ = [
     "NetworkLoader",
     "ResumableEarlyStopHandler",
     "TrainingCheckpoint",
+    "distributed_sampler",
+    "gather_objects",
+    "is_distributed",
     "load_checkpoint",
     "load_network_weights",
     "save_checkpoint",

@@ -20,6 +20,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import EarlyStopHandler
 
+from lungseg_monai.engine.distributed import gather_objects
 from lungseg_monai.outputs.atomic import atomic_path
 
 __all__ = [
@@ -138,7 +139,9 @@ class BestModelSaver:
     MONAI Label load.
 
     Beside it, ``model.json`` records what is needed to use the weights without the training
-    config (backbone, image size, intensity settings) plus the metric and epoch.
+    config (backbone, image size, intensity settings) plus the metric, the epoch and
+    ``n_validation_images``, the number of images the metric was computed on (in a distributed
+    run, over all processes).
 
     Args:
         save_path: file to write, e.g. ``models/model.pt``.
@@ -174,6 +177,9 @@ class BestModelSaver:
             if self.enabled:
                 save_checkpoint(unwrap_model(self.network).state_dict(), self.save_path)
                 record = {**self.metadata, self.metric_name: value, "epoch": self.best_epoch}
+                details = getattr(engine.state, "metric_details", {}).get(self.metric_name)
+                if details is not None:  # per-image scores, gathered from all processes
+                    record["n_validation_images"] = len(details)
                 with atomic_path(self.save_path.with_suffix(".json")) as tmp:
                     tmp.write_text(json.dumps(record, indent=2, default=str))
                 logger.info("new best %s %.4f at epoch %d: saved %s", self.metric_name, value, self.best_epoch, self.save_path)
@@ -231,7 +237,8 @@ class TrainingCheckpoint:
         save_path: e.g. ``models/checkpoint_last.pt``.
         save_dict: name -> object with ``state_dict``/``load_state_dict`` (network, optimizer,
             lr scheduler, early stopping, best-model saver...).
-        resume: load ``save_path`` at start if it exists.
+        resume: load ``save_path`` at start if it exists. In a distributed run every process loads
+            it, and all must see it (or none): an error says which processes do not.
         enabled: False on non-zero ranks (they still resume from the file).
     """
 
@@ -259,7 +266,16 @@ class TrainingCheckpoint:
         save_checkpoint(state, self.save_path)
 
     def load(self, engine: Engine) -> None:
-        if not (self.resume and self.save_path.is_file()):
+        if not self.resume:
+            return
+        found = gather_objects(self.save_path.is_file())  # one entry per process of a distributed run
+        if any(found) and not all(found):
+            raise CheckpointError(
+                f"resume is true but '{self.save_path}' exists for processes {[r for r, f in enumerate(found) if f]} "
+                f"and not for processes {[r for r, f in enumerate(found) if not f]}; every process must resume from "
+                "the same file: put bundle_root on a file system all nodes share, or copy the file to every node"
+            )
+        if not found[0]:
             return
         state = load_checkpoint(self.save_path)
         missing = [name for name in self.save_dict if name not in state]
