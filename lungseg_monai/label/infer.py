@@ -2,9 +2,10 @@
 
 The mask goes through :class:`lungseg_monai.inference.LungSegmenter`, like every other way of
 segmenting in this project, and comes back at the image's own size as a label map (0 background,
-1 lung). Raster images (PNG, JPEG, ...) get a PNG mask that lines up pixel for pixel; DICOM and
-volume files get an NRRD mask carrying the geometry (spacing, origin, direction) ITK reads from the
-image's header, so that it overlays the image in 3D Slicer, which places both by that geometry.
+1 lung). PNG images get a PNG mask that lines up pixel for pixel (ITK, and so 3D Slicer, reads
+every PNG with 1 mm pixels). Other files (DICOM, JPEG and TIFF with a resolution, volumes) get an
+NRRD mask carrying the geometry (spacing, origin, direction) ITK reads from the image's header, so
+that it overlays the image in 3D Slicer, which places both by that geometry.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from lungseg_monai.io import RadiographReadError, read_radiograph
-from lungseg_monai.io.raster import RASTER_SUFFIXES
 from lungseg_monai.label import LABEL_NAMES
 from lungseg_monai.label.errors import BadRequestError
 from lungseg_monai.label.models import ReloadingSegmenter
@@ -36,8 +36,8 @@ RESULT_EXTENSIONS = (".png", ".nrrd", ".nii.gz", ".mha")
 
 
 def default_result_extension(image_path: str | os.PathLike) -> str:
-    """PNG for raster images (same pixel grid, no geometry needed), NRRD for DICOM and volumes."""
-    return ".png" if str(image_path).lower().endswith(RASTER_SUFFIXES) else ".nrrd"
+    """PNG for PNG images (same pixel grid, 1 mm pixels for ITK), NRRD (with geometry) for the rest."""
+    return ".png" if str(image_path).lower().endswith(".png") else ".nrrd"
 
 
 @dataclass(frozen=True)

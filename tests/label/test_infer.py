@@ -61,7 +61,7 @@ def test_write_label_map_uses_the_radiograph_spacing_without_reference(tmp_path:
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"), [("a.png", ".png"), ("a.JPG", ".png"), ("a.dcm", ".nrrd"), ("a.nii.gz", ".nrrd"), ("a", ".nrrd")]
+    ("name", "expected"), [("a.png", ".png"), ("a.PNG", ".png"), ("a.jpg", ".nrrd"), ("a.dcm", ".nrrd"), ("a.nii.gz", ".nrrd"), ("a", ".nrrd")]
 )
 def test_default_result_extension(name: str, expected: str) -> None:
     assert default_result_extension(name) == expected
@@ -74,3 +74,11 @@ def test_infer_refuses_an_unsupported_result_extension(tmp_path: Path) -> None:
         task({"image": str(tmp_path / "x.png"), "result_extension": ".jpg"})
     assert info.value.status_code == 400
     assert info.value.detail == "result_extension '.jpg' is not supported; use one of ['.png', '.nrrd', '.nii.gz', '.mha']"
+
+
+def test_write_label_map_takes_a_jpeg_resolution_like_3d_slicer_synthetic(tmp_path: Path) -> None:
+    mask = _synthetic_asymmetric_mask()
+    Image.fromarray(mask * 200).save(tmp_path / "image.jpg", dpi=(72, 72))  # ITK reads 25.4 / 72 mm pixels
+    written = sitk.ReadImage(str(write_label_map(mask, tmp_path / "mask.nrrd", reference=tmp_path / "image.jpg")))
+    assert written.GetSpacing() == pytest.approx((25.4 / 72, 25.4 / 72))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), mask)
