@@ -26,6 +26,7 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 import lungseg_monai
+from lungseg_monai.inference import read_model_card
 from lungseg_monai.label import MODEL_NAME
 from lungseg_monai.label.datastore import RadiographDatastore
 from lungseg_monai.label.errors import ImageNotFoundError
@@ -51,6 +52,7 @@ class LungSegLabelApp(MONAILabelApp):
     Raises:
         ValueError: ``model`` missing from ``conf`` or ``studies`` is a URL.
         FileNotFoundError: the model file does not exist.
+        CheckpointError: the model has no model card (``model.json``) to say how to use it.
     """
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
@@ -62,6 +64,7 @@ class LungSegLabelApp(MONAILabelApp):
         workdir = Path(conf.get("workdir") or Path(studies) / DEFAULT_WORKDIR_NAME)
         device = conf.get("device") or None
         self.store = ModelStore(conf["model"], workdir)
+        read_model_card(self.store.initial)  # fail at start, not at the first request, without a model card
         self.segmenter = ReloadingSegmenter(self.store, device)
         self.train_config = find_train_config(conf.get("train_config"), self.store.initial)
         self.device = device

@@ -4,6 +4,8 @@ MONAI Label loads ``main.py`` from the app folder and uses the ``MONAILabelApp``
 it; the app itself lives in :mod:`lungseg_monai.label.server`.
 """
 
+from __future__ import annotations
+
 from lungseg_monai.label.server import LungSegLabelApp
 
 __all__ = ["LungSegLabelApp"]
