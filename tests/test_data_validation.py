@@ -8,8 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from monai.bundle import ConfigParser
 
-from conftest import SAMPLE_DATA, require_shared
+from conftest import SAMPLE_DATA, TRAIN_CONFIG, require_shared
 from hostile_corpus import PHI_STRINGS, build_hostile_dataset
 from lungseg_monai.data import (
     DatalistError,
@@ -117,3 +118,19 @@ def test_same_seed_same_split_whatever_the_listing_order() -> None:
     first = split_datalist(items, seed=5)
     assert split_datalist(list(reversed(items)), seed=5) == first
     assert split_datalist(items, seed=6) != first
+
+
+@pytest.mark.parametrize(("flag", "strict"), [("false", True), ("False", True), ("true", False)])
+def test_bundle_skip_bad_files_flag_from_the_command_line(
+    hostile_dataset: tuple[Path, dict[str, bool]], tmp_path: Path, flag: str, strict: bool
+) -> None:
+    """``--skip_bad_files false`` arrives as the string "false" and must still mean strict."""
+    parser = ConfigParser()
+    parser.read_config(str(TRAIN_CONFIG))
+    parser["bundle_root"], parser["dataset_dir"], parser["skip_bad_files"] = str(tmp_path), str(hostile_dataset[0]), flag
+    if strict:  # MONAI wraps what a config expression raises; the DatalistError is its cause
+        with pytest.raises(RuntimeError) as info:
+            parser.get_parsed_content("datalists")
+        assert isinstance(info.value.__cause__, DatalistError)
+    else:
+        assert parser.get_parsed_content("datalists")["training"]
