@@ -5,13 +5,23 @@ from __future__ import annotations
 import pytest
 from monai.bundle import ConfigParser
 
-from conftest import TRAIN_CONFIG
 from lungseg_monai.bundle_utils import as_bool
+
+from conftest import TRAIN_CONFIG
 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(True, True), (False, False), ("true", True), ("False", False), (" yes ", True), ("off", False), (1, True), (0, False)],
+    [
+        (True, True),
+        (False, False),
+        ("true", True),
+        ("False", False),
+        (" yes ", True),
+        ("off", False),
+        (1, True),
+        (0, False),
+    ],
 )
 def test_as_bool_reads_command_line_spellings(value: bool | int | str, expected: bool) -> None:
     assert as_bool(value) is expected
@@ -25,7 +35,11 @@ def test_as_bool_refuses_anything_else(value: object) -> None:
 
 def _training_checkpoint_index(parser: ConfigParser) -> int:
     handlers = parser["train"]["handlers"]
-    return next(i for i, h in enumerate(handlers) if isinstance(h, dict) and h.get("_target_", "").endswith("TrainingCheckpoint"))
+    return next(
+        i
+        for i, h in enumerate(handlers)
+        if isinstance(h, dict) and h.get("_target_", "").endswith("TrainingCheckpoint")
+    )
 
 
 @pytest.mark.parametrize(("flag", "expected"), [("false", False), ("true", True), (False, False)])

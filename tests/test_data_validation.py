@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
-from conftest import SAMPLE_DATA, TRAIN_CONFIG, require_shared
-from hostile_corpus import PHI_STRINGS, build_hostile_dataset
 from lungseg_monai.data import (
     DatalistError,
     datalist_from_folder,
@@ -19,6 +17,9 @@ from lungseg_monai.data import (
     split_datalist,
     validate_datalist,
 )
+
+from conftest import SAMPLE_DATA, TRAIN_CONFIG, require_shared
+from hostile_corpus import PHI_STRINGS, build_hostile_dataset
 
 # The reason each unusable pair of the hostile dataset must be reported with.
 EXPECTED_REASONS = {
@@ -127,7 +128,11 @@ def test_bundle_skip_bad_files_flag_from_the_command_line(
     """``--skip_bad_files false`` arrives as the string "false" and must still mean strict."""
     parser = ConfigParser()
     parser.read_config(str(TRAIN_CONFIG))
-    parser["bundle_root"], parser["dataset_dir"], parser["skip_bad_files"] = str(tmp_path), str(hostile_dataset[0]), flag
+    parser["bundle_root"], parser["dataset_dir"], parser["skip_bad_files"] = (
+        str(tmp_path),
+        str(hostile_dataset[0]),
+        flag,
+    )
     if strict:  # MONAI wraps what a config expression raises; the DatalistError is its cause
         with pytest.raises(RuntimeError) as info:
             parser.get_parsed_content("datalists")

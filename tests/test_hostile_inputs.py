@@ -22,17 +22,26 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from conftest import EVALUATE_CONFIG, TRAIN_CONFIG, require_shared
-from hostile_corpus import PHI_STRINGS, build_hostile_dataset
 from lungseg_monai.engine import load_checkpoint
 from lungseg_monai.inference import LungSegmenter
 from lungseg_monai.io import RadiographReadError, read_radiograph
 from lungseg_monai.transforms import radiograph_to_metatensor
+
+from conftest import EVALUATE_CONFIG, TRAIN_CONFIG, require_shared
+from hostile_corpus import PHI_STRINGS, build_hostile_dataset
 from test_data_validation import EXPECTED_REASONS
 
 SEED = 11
 # Images the readers refuse (the other unusable pairs have a readable image and a bad mask).
-UNREADABLE_IMAGES = {"truncated", "zero_bytes", "text", "bomb", "dicom_no_pixel_data", "dicom_jpeg_xl", "dicom_multi_frame"}
+UNREADABLE_IMAGES = {
+    "truncated",
+    "zero_bytes",
+    "text",
+    "bomb",
+    "dicom_no_pixel_data",
+    "dicom_jpeg_xl",
+    "dicom_multi_frame",
+}
 
 
 class _Records(logging.Handler):
@@ -103,7 +112,9 @@ def test_training_and_evaluation_leave_out_each_bad_pair_naming_file_and_reason(
     assert sorted(excluded) == sorted(EXPECTED_REASONS)
     for name, reason in EXPECTED_REASONS.items():
         assert reason in excluded[name]
-        assert any(f"leaving out image '{hostile_runs['dataset'] / 'images'}/{name}." in line for line in hostile_runs["log"])
+        assert any(
+            f"leaving out image '{hostile_runs['dataset'] / 'images'}/{name}." in line for line in hostile_runs["log"]
+        )
     # Training finished and saved a usable model; evaluation scored exactly the good test pairs.
     assert load_checkpoint(root / "models" / "model.pt")
     with open(root / "eval" / "metrics.csv", newline="") as f:
@@ -118,7 +129,9 @@ def test_training_and_evaluation_leave_out_each_bad_pair_naming_file_and_reason(
 def test_same_seed_gives_same_split_model_and_metrics(hostile_runs: dict) -> None:
     a, b = hostile_runs["roots"]
     assert (a / "models" / "datalist_split.json").read_text() == (b / "models" / "datalist_split.json").read_text()
-    assert json.loads((a / "models" / "model.json").read_text()) == json.loads((b / "models" / "model.json").read_text())
+    assert json.loads((a / "models" / "model.json").read_text()) == json.loads(
+        (b / "models" / "model.json").read_text()
+    )
     weights_a = load_checkpoint(a / "models" / "model.pt")
     weights_b = load_checkpoint(b / "models" / "model.pt")
     for key, tensor in weights_a.items():

@@ -128,7 +128,7 @@ def _transfer_syntax_name(ts: UID) -> str:
 def _is_compressed(ts: UID) -> bool:
     """Whether the pixel data is compressed; a UID pydicom does not know counts as compressed.
 
-    PS3.5 A.4: every transfer syntax beyond the three native ones encapsulates its pixel data.
+    PS3.5 A.4: every transfer syntax beyond the native (and deflated) ones encapsulates its pixel data.
     """
     try:
         return bool(ts.is_compressed)

@@ -47,8 +47,9 @@ def _read_raster(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[st
     except Image.DecompressionBombError as e:
         # Pillow refuses above twice its own MAX_IMAGE_PIXELS, before our limit could be checked.
         raise ImageTooLargeError(
-            path, f"the header announces more pixels than Pillow allows ({e}); the limit here is {max_pixels} "
-            "pixels (LUNGSEG_MAX_PIXELS)"
+            path,
+            f"the header announces more pixels than Pillow allows ({e}); the limit here is {max_pixels} "
+            "pixels (LUNGSEG_MAX_PIXELS)",
         ) from e
     except Exception as e:
         raise RadiographReadError(path, f"not a readable image ({type(e).__name__}: {e})") from e

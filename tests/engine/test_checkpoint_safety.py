@@ -78,7 +78,9 @@ def test_checkpoint_with_pickled_code_is_refused_without_running_it(tmp_path: Pa
         load_checkpoint(tmp_path / "model.pt")
     assert not marker.exists()
     message = str(info.value)
-    assert message.startswith(f"checkpoint '{tmp_path / 'model.pt'}' contains pickled Python code or objects (it refers to ")
+    assert message.startswith(
+        f"checkpoint '{tmp_path / 'model.pt'}' contains pickled Python code or objects (it refers to "
+    )
     assert "system)" in message and "could run arbitrary code" in message
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO_ROOT, SAMPLE_DATA, TRAIN_CONFIG, run_bundle
 from lungseg_monai.engine import load_checkpoint
+
+from conftest import REPO_ROOT, SAMPLE_DATA, TRAIN_CONFIG, run_bundle
 
 N_PAIRS = 8
 TOLERANCE = 1e-6
@@ -74,7 +75,9 @@ def train_and_kill_mid_epoch(bundle_root: Path, datalist: Path) -> int:
             deadline = time.monotonic() + CHECKPOINT_TIMEOUT_S
             while not checkpoint.exists():
                 if proc.poll() is not None:
-                    pytest.fail(f"training exited ({proc.returncode}) before its first checkpoint:\n{log.read_text()[-3000:]}")
+                    pytest.fail(
+                        f"training exited ({proc.returncode}) before its first checkpoint:\n{log.read_text()[-3000:]}"
+                    )
                 if time.monotonic() > deadline:
                     pytest.fail("no epoch checkpoint within the time limit")
                 time.sleep(0.02)
@@ -125,7 +128,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path: Path)
     assert load_checkpoint(interrupted / "models" / "model.pt")  # the best model survived the kill intact
 
     resumed = run_bundle(*training_args(interrupted, datalist, "--resume", "true"), env=cpu_env())
-    assert f"resumed from '{interrupted / 'models' / 'checkpoint_last.pt'}' at epoch 1" in resumed.stdout + resumed.stderr
+    assert (
+        f"resumed from '{interrupted / 'models' / 'checkpoint_last.pt'}' at epoch 1" in resumed.stdout + resumed.stderr
+    )
 
     run_bundle(*training_args(reference, datalist), env=cpu_env())
 

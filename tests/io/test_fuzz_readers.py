@@ -16,9 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lungseg_monai.io import RadiographReadError, read_mask, read_radiograph
+
 from conftest import DICOM_JPEG_SIIM, require_shared
 from hostile_corpus import sample_image, write_dicom
-from lungseg_monai.io import RadiographReadError, read_mask, read_radiograph
 
 FUZZ = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None
@@ -117,4 +118,3 @@ def test_mutated_real_dicom_raises_only_documented_errors(
     suffix: str,
 ) -> None:
     check_reader(write_case(fuzz_dir, mutate(real_dicoms[which], flips, header, cut), suffix))
-

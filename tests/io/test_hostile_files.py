@@ -10,6 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lungseg_monai.io import (
+    DEFAULT_MAX_PIXELS,
+    ImageTooLargeError,
+    MaskMismatchError,
+    RadiographReadError,
+    UnsupportedTransferSyntaxError,
+    check_mask_matches,
+    read_mask,
+    read_radiograph,
+)
+from lungseg_monai.io import dicom as dicom_module
+
 from conftest import DICOM_J2K_MONO1, require_shared
 from hostile_corpus import (
     BOMB_SIDE,
@@ -22,17 +34,6 @@ from hostile_corpus import (
     write_mask_variants,
     write_png_variants,
 )
-from lungseg_monai.io import (
-    DEFAULT_MAX_PIXELS,
-    ImageTooLargeError,
-    MaskMismatchError,
-    RadiographReadError,
-    UnsupportedTransferSyntaxError,
-    check_mask_matches,
-    read_mask,
-    read_radiograph,
-)
-from lungseg_monai.io import dicom as dicom_module
 
 
 @pytest.fixture(scope="module")
@@ -250,4 +251,3 @@ def test_mask_labelled_0_1_2_merges_both_lungs(mask_files: dict[str, Path]) -> N
 def test_missing_file_and_folder_are_refused(tmp_path: Path) -> None:
     assert refusal(tmp_path / "absent.png").reason == "file does not exist"
     assert refusal(tmp_path).reason == "is a folder, not a file"
-
