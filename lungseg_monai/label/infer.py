@@ -27,7 +27,14 @@ from lungseg_monai.label.errors import BadRequestError
 from lungseg_monai.label.models import ReloadingSegmenter
 from lungseg_monai.outputs import atomic_path, save_png
 
-__all__ = ["LungSegInferTask", "Geometry", "read_geometry", "write_label_map", "default_result_extension", "RESULT_EXTENSIONS"]
+__all__ = [
+    "LungSegInferTask",
+    "Geometry",
+    "read_geometry",
+    "write_label_map",
+    "default_result_extension",
+    "RESULT_EXTENSIONS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +132,9 @@ class LungSegInferTask(InferTask):
             raise BadRequestError(f"infer needs an image id or an uploaded image file, got {type(image).__name__}")
         extension = str(request.get("result_extension") or default_result_extension(image)).lower()
         if extension not in RESULT_EXTENSIONS:
-            raise BadRequestError(f"result_extension '{extension}' is not supported; use one of {list(RESULT_EXTENSIONS)}")
+            raise BadRequestError(
+                f"result_extension '{extension}' is not supported; use one of {list(RESULT_EXTENSIONS)}"
+            )
 
         start = time.perf_counter()
         try:

@@ -80,7 +80,7 @@ class LungSegLabelApp(MONAILabelApp):
             studies=studies,
             conf=conf,
             name="lungseg_monai",
-            description="Lung segmentation of chest radiographs (PNG, JPEG, DICOM): proposals, corrections, fine-tuning",
+            description="Lung segmentation of chest radiographs (PNG, JPEG, DICOM): proposals, corrections, retraining",
             version=lungseg_monai.__version__,
         )
 

@@ -79,7 +79,9 @@ def train_params(request: Mapping[str, Any]) -> dict[str, Any]:
         try:
             params[key] = type(default)(value)
         except (TypeError, ValueError):
-            raise BadRequestError(f"train parameter '{key}' must be a {type(default).__name__}, got {value!r}") from None
+            raise BadRequestError(
+                f"train parameter '{key}' must be a {type(default).__name__}, got {value!r}"
+            ) from None
     problems = []
     if params["max_epochs"] < 1:
         problems.append(f"max_epochs must be at least 1, got {params['max_epochs']}")
@@ -112,8 +114,10 @@ def usable_pairs(items: Sequence[Mapping[str, str]]) -> tuple[list[dict[str, str
             skipped.append(str(e))
             continue
         if mask.shape != image.shape:
-            skipped.append(f"label '{item['label']}' is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                           f"{image.shape[1]}x{image.shape[0]}")
+            skipped.append(
+                f"label '{item['label']}' is {mask.shape[1]}x{mask.shape[0]} but its image is "
+                f"{image.shape[1]}x{image.shape[0]}"
+            )
             continue
         good.append({"image": item["image"], "label": item["label"], "name": file_stem(item["image"])})
     for reason in skipped:
@@ -131,7 +135,9 @@ def split_labelled(items: Sequence[dict[str, str]], val_fraction: float, seed: i
     if n_val >= 1 and len(items) - n_val >= 1:
         return split_datalist(items, ratios=(1.0 - val_fraction, val_fraction, 0.0), seed=seed)
     logger.warning(
-        "%d label(s) with val_fraction %.2f leave none to hold out; validating on the training labels", len(items), val_fraction
+        "%d label(s) with val_fraction %.2f leave none to hold out; validating on the training labels",
+        len(items),
+        val_fraction,
     )
     return {"training": list(items), "validation": list(items), "test": []}
 

@@ -56,12 +56,22 @@ def test_write_label_map_copies_the_reference_geometry_synthetic(tmp_path: Path)
 
 
 def test_write_label_map_uses_the_radiograph_spacing_without_reference(tmp_path: Path) -> None:
-    written = sitk.ReadImage(str(write_label_map(_synthetic_asymmetric_mask(), tmp_path / "m.nrrd", spacing=(0.2, 0.1))))
+    written = sitk.ReadImage(
+        str(write_label_map(_synthetic_asymmetric_mask(), tmp_path / "m.nrrd", spacing=(0.2, 0.1)))
+    )
     assert written.GetSpacing() == pytest.approx((0.1, 0.2))  # (x = column, y = row)
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"), [("a.png", ".png"), ("a.PNG", ".png"), ("a.jpg", ".nrrd"), ("a.dcm", ".nrrd"), ("a.nii.gz", ".nrrd"), ("a", ".nrrd")]
+    ("name", "expected"),
+    [
+        ("a.png", ".png"),
+        ("a.PNG", ".png"),
+        ("a.jpg", ".nrrd"),
+        ("a.dcm", ".nrrd"),
+        ("a.nii.gz", ".nrrd"),
+        ("a", ".nrrd"),
+    ],
 )
 def test_default_result_extension(name: str, expected: str) -> None:
     assert default_result_extension(name) == expected
@@ -73,7 +83,9 @@ def test_infer_refuses_an_unsupported_result_extension(tmp_path: Path) -> None:
     with pytest.raises(BadRequestError) as info:
         task({"image": str(tmp_path / "x.png"), "result_extension": ".jpg"})
     assert info.value.status_code == 400
-    assert info.value.detail == "result_extension '.jpg' is not supported; use one of ['.png', '.nrrd', '.nii.gz', '.mha']"
+    assert (
+        info.value.detail == "result_extension '.jpg' is not supported; use one of ['.png', '.nrrd', '.nii.gz', '.mha']"
+    )
 
 
 def test_write_label_map_takes_a_jpeg_resolution_like_3d_slicer_synthetic(tmp_path: Path) -> None:

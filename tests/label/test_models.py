@@ -34,7 +34,11 @@ def test_model_store_serves_the_published_model_after_publish(tmp_path: Path) ->
     assert published == tmp_path / "work" / "models" / "model.pt" == store.current()
     assert published.read_bytes() == trained.read_bytes()
     card = json.loads(published.with_suffix(".json").read_text())
-    assert card == {"image_size": 64, BASE_MODEL_KEY: str(initial.resolve()), FINE_TUNED_FROM_KEY: str(initial.resolve())}
+    assert card == {
+        "image_size": 64,
+        BASE_MODEL_KEY: str(initial.resolve()),
+        FINE_TUNED_FROM_KEY: str(initial.resolve()),
+    }
 
 
 def test_model_store_ignores_a_model_fine_tuned_from_another_initial_model(tmp_path: Path) -> None:
@@ -43,7 +47,9 @@ def test_model_store_ignores_a_model_fine_tuned_from_another_initial_model(tmp_p
     assert ModelStore(initial, tmp_path / "work").current() == initial.resolve()
 
 
-def test_reloading_segmenter_picks_up_a_new_model_and_survives_a_corrupt_one(trained_bundle: Path, tmp_path: Path) -> None:
+def test_reloading_segmenter_picks_up_a_new_model_and_survives_a_corrupt_one(
+    trained_bundle: Path, tmp_path: Path
+) -> None:
     initial = trained_bundle / "models" / "model.pt"
     store = ModelStore(initial, tmp_path / "work")
     reloading = ReloadingSegmenter(store, device="cpu")

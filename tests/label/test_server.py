@@ -32,12 +32,12 @@ import pytest
 pytest.importorskip("monailabel", reason="needs the 'label' extra (pip install 'lungseg_monai[label]')")
 requests = pytest.importorskip("requests")
 
+from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, REPO_ROOT, SAMPLE_DATA, SHARED_DICOM, require_shared  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lungseg_monai.inference import LungSegmenter  # noqa: E402
 from lungseg_monai.io import read_radiograph  # noqa: E402
 from lungseg_monai.label import LABEL_NAMES, MODEL_NAME  # noqa: E402
-from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, REPO_ROOT, SAMPLE_DATA, SHARED_DICOM, require_shared  # noqa: E402
 
 STARTUP_TIMEOUT_S = 120
 TRAIN_TIMEOUT_S = 300

@@ -27,7 +27,10 @@ def test_train_params_defaults_and_conversion() -> None:
     ("request_params", "message"),
     [
         ({"max_epochs": "many"}, "train parameter 'max_epochs' must be a int, got 'many'"),
-        ({"max_epochs": 0, "batch_size": 0}, "max_epochs must be at least 1, got 0; batch_size must be at least 1, got 0"),
+        (
+            {"max_epochs": 0, "batch_size": 0},
+            "max_epochs must be at least 1, got 0; batch_size must be at least 1, got 0",
+        ),
         ({"image_size": 100}, "image_size must be 0 (the model's own) or a multiple of 32, got 100"),
         ({"val_fraction": 1.0}, "val_fraction must be in [0, 1), got 1.0"),
         ({"learning_rate": -1}, "learning_rate must be positive, got -1.0"),
@@ -78,4 +81,7 @@ def test_find_train_config_prefers_explicit_then_the_models_bundle_then_the_repo
     (bundle / "configs").mkdir()
     shutil.copyfile(TRAIN_CONFIG, bundle / "configs" / "train.json")
     assert find_train_config(None, bundle / "models" / "model.pt") == bundle / "configs" / "train.json"
-    assert find_train_config(None, tmp_path / "elsewhere" / "model.pt") == REPO_ROOT / "bundles" / "lung_cxr_segmentation" / "configs" / "train.json"
+    assert (
+        find_train_config(None, tmp_path / "elsewhere" / "model.pt")
+        == REPO_ROOT / "bundles" / "lung_cxr_segmentation" / "configs" / "train.json"
+    )
