@@ -11,6 +11,7 @@ The expected masks come from ``LungSegmenter.segment``, which ``lungseg infer`` 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -98,6 +99,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@functools.lru_cache(maxsize=4)
 def _segmenter(model: Path) -> LungSegmenter:
     # Same device and thread count as the server, so that probabilities agree to the last bit.
     import torch
