@@ -123,9 +123,8 @@ def write_measurements(rows: Iterable[Mapping[str, Any]], path: str | os.PathLik
     """Write measurement rows (sorted by name) as CSV, atomically."""
     path = Path(path)
     ordered = sorted(rows, key=lambda r: str(r["name"]))
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=MEASUREMENT_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(ordered)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MEASUREMENT_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(ordered)
     return path

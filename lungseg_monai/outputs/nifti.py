@@ -18,16 +18,14 @@ import numpy as np
 
 from lungseg_monai.outputs.atomic import atomic_path
 
-__all__ = ["save_nifti_mask", "NIFTI_SUFFIX"]
+__all__ = ["NIFTI_SUFFIX", "save_nifti_mask"]
 
 NIFTI_SUFFIX = ".nii.gz"
 # sform/qform code 1: "scanner anatomical" coordinates, what ITK writes.
 _SCANNER_ANAT = 1
 
 
-def save_nifti_mask(
-    mask: np.ndarray, target: str | os.PathLike, spacing: tuple[float, float] | None = None
-) -> Path:
+def save_nifti_mask(mask: np.ndarray, target: str | os.PathLike, spacing: tuple[float, float] | None = None) -> Path:
     """Write a (rows, columns) binary mask as a 2D NIfTI of uint8 0/1, atomically.
 
     Args:

@@ -59,8 +59,9 @@ def test_clean_empty_mask_stays_empty() -> None:
 
 
 def test_clean_dict_version_keeps_metatensor_meta_and_dtype_synthetic() -> None:
-    mask = MetaTensor(torch.as_tensor(_two_lungs_with_speck_and_hole()[None], dtype=torch.float32),
-                      meta={"filename_or_obj": "a.png"})
+    mask = MetaTensor(
+        torch.as_tensor(_two_lungs_with_speck_and_hole()[None], dtype=torch.float32), meta={"filename_or_obj": "a.png"}
+    )
     out = CleanLungMaskd(keys="pred")({"pred": mask})["pred"]
     assert isinstance(out, MetaTensor)
     assert out.dtype == torch.float32 and tuple(out.shape) == (1, 200, 160)

@@ -54,7 +54,10 @@ def test_seg_references_source_and_reads_back(tmp_path: Path, source_path: Path)
     # The segment: "Lung", SCT Anatomical Structure / Lung, automatic.
     description = seg.get_segment_description(1)
     assert description.segment_label == "Lung"
-    assert (description.segmented_property_category.value, description.segmented_property_category.scheme_designator) == (
+    assert (
+        description.segmented_property_category.value,
+        description.segmented_property_category.scheme_designator,
+    ) == (
         "123037004",
         "SCT",
     )
