@@ -8,8 +8,10 @@ import torch
 from conftest import SAMPLE_DATA
 from monai.data import MetaTensor
 from PIL import Image
+from scipy import ndimage
 
 from lungseg_monai.inference import CleanLungMask, CleanLungMaskd, SaveLungMask, SaveLungMaskd, clean_lung_mask
+from lungseg_monai.inference.transforms import fill_mask_holes
 from lungseg_monai.io import read_mask
 
 
@@ -106,3 +108,12 @@ def test_save_dict_version_names_file_from_name_key_or_meta(tmp_path) -> None:
     SaveLungMaskd(keys="pred", output_dir=tmp_path)({"pred": mask})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chest_7.png", "uid.1.2.png"]
     assert np.asarray(Image.open(tmp_path / "chest_7.png")).shape == (6, 9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fill_mask_holes_equals_scipy_binary_fill_holes_random_synthetic(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    mask = ndimage.binary_opening(rng.random((120, 90)) > 0.45)  # blobs with holes, some touching the border
+    filled = fill_mask_holes(mask)
+    np.testing.assert_array_equal(filled, ndimage.binary_fill_holes(mask))
+    assert filled.sum() > mask.sum()  # there were holes to fill
