@@ -203,11 +203,14 @@ class LungSegmenter:
         Raises:
             CheckpointError: the file is missing, unreadable, or its model card is missing or
                 names another backbone than the weights hold.
+            ValueError: CUDA was asked for but is not available.
         """
         model_path = Path(model_path)
         if not model_path.is_file():
             raise CheckpointError(f"model '{model_path}' does not exist; pass the bundle's models/model.pt or model.ts")
-        device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+        device = torch.device(device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device '{device}' was asked for but CUDA is not available here; use 'cpu'")
         card = read_model_card(model_path)
         if is_torchscript_file(model_path):
             try:

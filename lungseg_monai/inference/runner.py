@@ -121,8 +121,8 @@ class InferenceSummary:
                 f"{len(self.skipped)} skipped, {len(self.failed)} failed; outputs in '{self.output_dir}'"
             )
         ]
-        lines += [f"FAILED  {s.path}: {s.reason}" for s in self.failed]
-        lines += [f"skipped {s.path}: {s.reason}" for s in self.skipped]
+        lines += [f"FAILED '{s.path}': {s.reason}" for s in self.failed]
+        lines += [f"skipped '{s.path}': {s.reason}" for s in self.skipped]
         return "\n".join(lines)
 
 
@@ -324,12 +324,13 @@ def segment_files(
     segmenter = (
         model if isinstance(model, LungSegmenter) else LungSegmenter.from_model(model, device, postprocess=postprocess)
     )
-    found = discover_inputs(inputs, exclude=[output_dir])
+    # Never segment our own outputs, even when OUT_DIR is (inside) an input folder.
+    found = discover_inputs(inputs, exclude=[output_dir, *(output_dir / folder for folder, _ in _LAYOUT.values())])
     summary = InferenceSummary(output_dir, skipped=list(found.skipped), failed=list(found.failed))
     for s in found.failed:
         logger.error("'%s': %s", s.path, s.reason)
     for s in found.skipped:
-        logger.info("skipped '%s': %s", s.path, s.reason)
+        logger.debug("skipped '%s': %s", s.path, s.reason)  # listed again in summary.report()
     groups = found.series()
     if groups:
         logger.info(
@@ -356,6 +357,10 @@ def segment_files(
     finally:
         pipeline.close()
         if "measurements" in formats and (rows or measurements_file.exists()):
-            write_measurements(rows.values(), measurements_file)
-            summary.written.append(measurements_file)
+            try:
+                write_measurements(rows.values(), measurements_file)
+                summary.written.append(measurements_file)
+            except OSError as e:
+                summary.failed.append(SkippedInput(measurements_file, f"cannot be written ({e})"))
+                logger.error("'%s': cannot be written (%s)", measurements_file, e)
     return summary

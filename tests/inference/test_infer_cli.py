@@ -137,7 +137,7 @@ def test_bad_file_in_a_batch_fails_alone_and_existing_outputs_are_kept(
         shutil.copy(SAMPLE_DATA / "images" / f"{name}.png", folder)
     good = (SAMPLE_DATA / "images" / f"{PNG_NAMES[0]}.png").read_bytes()
     (folder / "broken.png").write_bytes(good[: len(good) // 3])  # truncated mid-stream
-    out = tmp_path / "out"
+    out = folder  # outputs inside the input folder: a rerun must not take its own masks as inputs
     args = ["infer", str(folder), "-o", str(out), "--model", str(segmenting_bundle / "models" / "model.pt"),
             "--formats", "mask,measurements", "--batch-size", "4", "--no-progress"]  # fmt: skip
     with caplog.at_level(logging.INFO, logger="lungseg_monai"):
