@@ -120,14 +120,12 @@ class TorchvisionVGG16Encoder(nn.Module, BaseEncoder):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) -> five maps of (B, 128|256|512|512|512, H/2..H/32, W/2..W/32)."""
-        stage_outputs = []
-        start = 0
-        for pool_index in self._pool_indices:
-            for layer in self.features[start:pool_index]:
-                x = layer(x)
-            stage_outputs.append(x)  # before pooling: strides 1, 2, 4, 8, 16
-            x = self.features[pool_index](x)
-            start = pool_index + 1
+        stage_outputs: list[torch.Tensor] = []
+        # One loop over the layers (TorchScript cannot slice a Sequential by computed indices).
+        for index, layer in enumerate(self.features):
+            if index in self._pool_indices:
+                stage_outputs.append(x)  # before pooling: strides 1, 2, 4, 8, 16
+            x = layer(x)
         return stage_outputs[1:] + [x]
 
     @classmethod

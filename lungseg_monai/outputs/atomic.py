@@ -51,9 +51,16 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
             tmp.unlink()
 
 
-def save_png(array: np.ndarray, target: str | os.PathLike) -> Path:
-    """Save a (rows, columns) uint8 or (rows, columns, 3) RGB array as PNG, atomically."""
+# zlib level PIL uses by default.
+DEFAULT_PNG_COMPRESSION = 6
+
+
+def save_png(array: np.ndarray, target: str | os.PathLike, compress_level: int = DEFAULT_PNG_COMPRESSION) -> Path:
+    """Save a (rows, columns) uint8 or (rows, columns, 3) RGB array as PNG, atomically.
+
+    ``compress_level`` (0-9) trades speed for size; the pixels are the same at every level.
+    """
     target = Path(target)
     with atomic_path(target) as tmp:
-        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG", compress_level=compress_level)
     return target
