@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Register ``lungseg label``."""
     parser = subparsers.add_parser(
         "label",
-        help="serve the lung model to MONAI Label clients (3D Slicer, OHIF) for labelling and retraining",
+        help="serve the lung model to MONAI Label clients (3D Slicer) for labelling and retraining",
         description=(
             "Start a MONAI Label server on a folder of chest radiographs (PNG, JPEG, DICOM...): /infer proposes "
             "lung masks, PUT /datastore/label saves corrected ones, POST /train fine-tunes the model on them. "

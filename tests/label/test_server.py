@@ -6,12 +6,12 @@ files. The served model is the session's small trained bundle with its model car
 to the middle of its probabilities on the cropped image, so that its masks are neither empty nor
 full and not symmetric: a transposed or flipped mask would not compare equal.
 
-The expected masks come from ``LungSegmenter.segment``, which ``lungseg infer`` goes through.
+The expected masks are what ``lungseg infer`` writes for the same file with the same model (run
+in this process, on the CPU with one thread like the server).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -36,6 +36,7 @@ requests = pytest.importorskip("requests")
 from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, REPO_ROOT, SAMPLE_DATA, SHARED_DICOM, require_shared  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from lungseg_monai.cli import main as lungseg_main  # noqa: E402
 from lungseg_monai.inference import LungSegmenter  # noqa: E402
 from lungseg_monai.io import read_radiograph  # noqa: E402
 from lungseg_monai.label import LABEL_NAMES, MODEL_NAME  # noqa: E402
@@ -99,17 +100,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@functools.lru_cache(maxsize=4)
-def _segmenter(model: Path) -> LungSegmenter:
+def _single_threaded_torch() -> None:
     # Same device and thread count as the server, so that probabilities agree to the last bit.
     import torch
 
     torch.set_num_threads(1)
-    return LungSegmenter.from_model(model, device="cpu")
 
 
-def expected_mask(model: Path, image: Path) -> np.ndarray:
-    return _segmenter(model).segment(read_radiograph(image))
+def expected_mask(model: Path, image: Path, out: Path) -> np.ndarray:
+    """The (rows, columns) 0/1 mask ``lungseg infer --model MODEL IMAGE -o OUT`` writes (as 0/255 PNG)."""
+    _single_threaded_torch()
+    argv = ["infer", str(image), "-o", str(out), "--model", str(model), "--device", "cpu", "--batch-size", "1"]
+    assert lungseg_main([*argv, "--formats", "mask", "--overwrite", "--no-progress"]) == 0
+    (mask_png,) = (out / "masks").glob("*.png")
+    with Image.open(mask_png) as img:
+        return (np.asarray(img) > 0).astype(np.uint8)
 
 
 def _threshold_in_widest_gap(probabilities: np.ndarray) -> float:
@@ -139,9 +144,9 @@ def served_model(trained_bundle: Path, studies: Path, tmp_path_factory: pytest.T
     model = folder / "model.pt"
     shutil.copyfile(trained_bundle / "models" / "model.pt", model)
     card = json.loads((trained_bundle / "models" / "model.json").read_text())
-    probabilities = _segmenter(trained_bundle / "models" / "model.pt").predict_probabilities(
-        [read_radiograph(studies / f"{CROPPED_ID}.png")]
-    )[0]
+    _single_threaded_torch()
+    segmenter = LungSegmenter.from_model(trained_bundle / "models" / "model.pt", device="cpu")
+    probabilities = segmenter.predict_probabilities([read_radiograph(studies / f"{CROPPED_ID}.png")])[0]
     card["threshold"] = _threshold_in_widest_gap(probabilities)
     model.with_suffix(".json").write_text(json.dumps(card))
     return model
@@ -218,13 +223,13 @@ def test_datastore_lists_png_and_dicom_images(server: Server) -> None:
 
 
 @pytest.mark.parametrize("image_id", [CROPPED_ID, PNG_ID])
-def test_infer_png_returns_the_lungseg_mask_at_image_size(server: Server, image_id: str) -> None:
+def test_infer_png_returns_the_lungseg_mask_at_image_size(server: Server, image_id: str, tmp_path: Path) -> None:
     response = server.infer(image_id)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
     with Image.open(io.BytesIO(response.content)) as img:
         mask = np.asarray(img)
-    expected = expected_mask(server.model, server.studies / f"{image_id}.png")
+    expected = expected_mask(server.model, server.studies / f"{image_id}.png", tmp_path)
     assert mask.shape == read_radiograph(server.studies / f"{image_id}.png").shape
     np.testing.assert_array_equal(mask, expected)
     assert set(np.unique(mask)) <= {0, LABEL_NAMES["lung"]}
@@ -240,7 +245,9 @@ DICOM_SPACING = {DICOM_J2K_MONO1.stem: (1.0, 1.0, 1.0), DICOM_FAKE_MONO1.stem: (
 
 
 @pytest.mark.parametrize("dicom", [DICOM_J2K_MONO1, DICOM_FAKE_MONO1], ids=lambda p: p.stem)
-def test_infer_dicom_returns_the_lungseg_mask_with_the_image_geometry(server: Server, dicom: Path) -> None:
+def test_infer_dicom_returns_the_lungseg_mask_with_the_image_geometry(
+    server: Server, dicom: Path, tmp_path: Path
+) -> None:
     require_shared()
     import SimpleITK as sitk  # what 3D Slicer's MONAI Label module reads results with
 
@@ -252,7 +259,7 @@ def test_infer_dicom_returns_the_lungseg_mask_with_the_image_geometry(server: Se
     rows, cols = read_radiograph(dicom).shape
     assert label_map.GetSize() == (cols, rows, 1)
     assert label_map.GetSpacing() == pytest.approx(DICOM_SPACING[dicom.stem])
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(label_map)[0], expected_mask(server.model, dicom))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(label_map)[0], expected_mask(server.model, dicom, tmp_path))
 
 
 def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(server: Server) -> None:
@@ -306,8 +313,8 @@ def test_saved_label_reads_back_unchanged(server: Server) -> None:
     assert status["completed"] >= 1
 
 
-def test_twenty_concurrent_infers_all_succeed(server: Server) -> None:
-    expected = expected_mask(server.model, server.studies / f"{CROPPED_ID}.png")
+def test_twenty_concurrent_infers_all_succeed(server: Server, tmp_path: Path) -> None:
+    expected = expected_mask(server.model, server.studies / f"{CROPPED_ID}.png", tmp_path)
     with ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS) as pool:
         responses = list(pool.map(lambda _: server.infer(CROPPED_ID), range(CONCURRENT_REQUESTS)))
     assert [r.status_code for r in responses] == [200] * CONCURRENT_REQUESTS
@@ -316,7 +323,7 @@ def test_twenty_concurrent_infers_all_succeed(server: Server) -> None:
             np.testing.assert_array_equal(np.asarray(img), expected)
 
 
-def test_train_one_epoch_publishes_a_new_checkpoint_that_infer_then_uses(server: Server) -> None:
+def test_train_one_epoch_publishes_a_new_checkpoint_that_infer_then_uses(server: Server, tmp_path: Path) -> None:
     label = server.put_label(CROPPED_ID, "corrected.png", _png_bytes(_real_cropped_mask() * 255))
     assert label.status_code == 200, label.text
     before = server.session.get(f"{server.url}/model/info/{MODEL_NAME}", timeout=REQUEST_TIMEOUT_S).json()
@@ -345,7 +352,9 @@ def test_train_one_epoch_publishes_a_new_checkpoint_that_infer_then_uses(server:
     assert params["model"] == str(published)
     response = server.infer(CROPPED_ID)
     with Image.open(io.BytesIO(response.content)) as img:
-        np.testing.assert_array_equal(np.asarray(img), expected_mask(published, server.studies / f"{CROPPED_ID}.png"))
+        np.testing.assert_array_equal(
+            np.asarray(img), expected_mask(published, server.studies / f"{CROPPED_ID}.png", tmp_path)
+        )
 
 
 def test_terminate_shuts_the_server_down_cleanly(server: Server) -> None:
