@@ -258,6 +258,25 @@ def _report_bad(bad: Sequence[BadPair], total: int, skip_bad_files: bool) -> Non
         logger.warning("leaving out %s", pair)
 
 
+def _saved_split(
+    output_file: Path, dataset_dir: str | os.PathLike, ratios: Sequence[float], seed: int
+) -> dict[str, list[dict[str, str]]] | None:
+    """The split recorded in ``output_file`` if it was made from the same dataset, ratios and seed."""
+    if not output_file.is_file():
+        return None
+    try:
+        record = json.loads(output_file.read_text())
+    except (OSError, ValueError):
+        return None
+    same = (
+        record.get("dataset_dir") == str(Path(dataset_dir).resolve())
+        and record.get("ratios") == list(ratios)
+        and record.get("seed") == seed
+        and all(isinstance(record.get(part), list) for part in SPLIT_NAMES)
+    )
+    return {part: record[part] for part in SPLIT_NAMES} if same else None
+
+
 def prepare_splits(
     dataset_dir: str | os.PathLike,
     output_file: str | os.PathLike,
@@ -270,7 +289,8 @@ def prepare_splits(
     """List ``dataset_dir``, split it, check every pair and save the split as a MONAI datalist JSON.
 
     The split is a pure function of the file names, ratios and seed, so re-running gives the
-    same parts; the JSON lets other tools reuse exactly those lists. Files are checked after
+    same parts; the JSON lets other tools reuse exactly those lists, and a later run (evaluation,
+    resume) with the same dataset, ratios and seed reuses the saved parts as they are. Files are checked after
     splitting, so a bad file never moves a good one to another part.
 
     Args:
@@ -287,6 +307,12 @@ def prepare_splits(
         DatalistError: bad pairs with ``skip_bad_files=False``.
         ValueError: no usable training pair is left.
     """
+    output_file = Path(output_file)
+    previous = _saved_split(output_file, dataset_dir, ratios, seed)
+    if previous is not None:
+        # Evaluation and resumed runs must see the parts training saw, even if files were added since.
+        logger.info("reusing the split saved in '%s' (same dataset, ratios and seed)", output_file)
+        return previous
     splits = split_datalist(load_datalist(dataset_dir), ratios=ratios, seed=seed)
     excluded: list[BadPair] = []
     if check_files:

@@ -49,3 +49,11 @@ def test_resume_flag_reaches_the_training_checkpoint_as_a_bool(flag: str | bool,
     parser["resume"] = flag
     index = _training_checkpoint_index(parser)
     assert parser.get_parsed_content(f"train#handlers#{index}#resume") is expected
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("false", False), ("no", False), (False, False)])
+def test_pretrained_flag_from_the_command_line_is_a_bool(flag: str | bool, expected: bool) -> None:
+    parser = ConfigParser()
+    parser.read_config(str(TRAIN_CONFIG))
+    parser["pretrained"] = flag
+    assert parser.get_parsed_content("network_def#pretrained") is expected

@@ -365,6 +365,7 @@ class TrainingCheckpoint:
                 "the same file: put bundle_root on a file system all nodes share, or copy the file to every node"
             )
         if not found[0]:
+            logger.warning("resume is true but '%s' does not exist; starting from epoch 0", self.save_path)
             return
         state = load_checkpoint(self.save_path)
         missing = [name for name in self.save_dict if name not in state]

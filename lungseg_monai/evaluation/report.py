@@ -22,6 +22,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from lungseg_monai.engine.distributed import gather_objects, is_distributed
+from lungseg_monai.data import file_stem
 from lungseg_monai.evaluation.metrics import METRIC_NAMES, segmentation_metrics
 from lungseg_monai.io import read_radiograph
 from lungseg_monai.outputs import atomic_path, save_overlay
@@ -99,6 +100,7 @@ class SegmentationReport:
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = []
         self._masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._dice: dict[str, float] = {}
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._reset)
@@ -106,7 +108,7 @@ class SegmentationReport:
         engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _reset(self, engine: Engine) -> None:
-        self.rows, self._masks = [], {}
+        self.rows, self._masks, self._dice = [], {}, {}
 
     def _collect(self, engine: Engine) -> None:
         output = engine.state.output
@@ -122,7 +124,19 @@ class SegmentationReport:
             values = segmentation_metrics(pred, label, spacing)
             name = Path(path).name
             self.rows.append({"name": name, "image": path, **values, "distance_unit": "mm" if known else "pixel"})
-            self._masks[name] = (pred, label)
+            self._keep_if_worst(path, values["dice"], pred, label)
+
+    def _keep_if_worst(self, path: str, dice: float, pred: np.ndarray, label: np.ndarray) -> None:
+        """Hold full-resolution masks only for the ``n_worst`` lowest-Dice images seen so far.
+
+        Keyed by full path: two folders may hold files of the same name. Any image among the
+        global worst is among its own process's worst, so this is enough for a distributed run.
+        """
+        self._masks[path] = (pred, label)
+        self._dice[path] = dice
+        if len(self._masks) > self.n_worst:
+            best_kept = max(self._dice, key=self._dice.__getitem__)
+            del self._masks[best_kept], self._dice[best_kept]
 
     def _gather(self) -> None:
         """In a multi-process run, collect every process's rows and the worst cases' masks.
@@ -133,8 +147,8 @@ class SegmentationReport:
             return
         rows = (row for part in gather_objects(self.rows) for row in part)
         self.rows = sorted(rows, key=lambda r: (r["name"], r["image"]))
-        worst = {r["name"] for r in _worst(self.rows, self.n_worst)}
-        own = {name: masks for name, masks in self._masks.items() if name in worst}
+        worst = {r["image"] for r in _worst(self.rows, self.n_worst)}
+        own = {path: masks for path, masks in self._masks.items() if path in worst}
         self._masks = {name: masks for part in gather_objects(own) for name, masks in part.items()}
 
     def _write(self, engine: Engine) -> None:
@@ -151,10 +165,17 @@ class SegmentationReport:
         summary = summarise(self.rows, self.n_worst)
         with atomic_path(self.output_dir / "summary.json") as tmp:
             tmp.write_text(json.dumps(_json_safe(summary), indent=2))
+        used: set[str] = set()
         for case in summary["worst"]:
-            pred, label = self._masks[case["name"]]
+            pred, label = self._masks[case["image"]]
             pixels = read_radiograph(case["image"]).pixels
-            save_overlay(pixels, pred, self.output_dir / "worst" / f"{Path(case['name']).stem}.png", reference=label)
+            stem = file_stem(case["image"])
+            name, copy = stem, 1
+            while name in used:  # same file name in two folders
+                copy += 1
+                name = f"{stem}_{copy}"
+            used.add(name)
+            save_overlay(pixels, pred, self.output_dir / "worst" / f"{name}.png", reference=label)
         logger.info(
             "evaluation of %d images: mean Dice %.4f, median %.4f; report in %s",
             len(self.rows),

@@ -48,7 +48,15 @@ _MIN_POLARITY_SIDE = 32
 def max_pixels() -> int:
     """The pixel limit in force: ``LUNGSEG_MAX_PIXELS`` if set, else :data:`DEFAULT_MAX_PIXELS`."""
     value = os.environ.get("LUNGSEG_MAX_PIXELS")
-    return int(value) if value else DEFAULT_MAX_PIXELS
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"LUNGSEG_MAX_PIXELS must be a positive whole number of pixels, got {value!r}")
+    return limit
 
 
 @dataclass
