@@ -10,44 +10,13 @@ import pydicom
 import pytest
 from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA, require_shared
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
+
+from dicom_factory import copy_with, write_text_sr
 
 from lungseg_monai.inference import classify_dicom, discover_inputs, inference_datalist
 
-BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-
-
-def write_text_sr(path: Path, study_uid: str) -> Path:
-    """A Basic Text SR (no PixelData) in the given study, as a report beside the images would be."""
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = BASIC_TEXT_SR
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "SR"
-    ds.PatientName = "Test^Report"
-    ds.ValueType = "CONTAINER"
-    ds.ContinuityOfContent = "SEPARATE"
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
-    ds.is_little_endian, ds.is_implicit_VR = True, False  # still honoured (deprecated) by pydicom 3
-    ds.save_as(path, write_like_original=False)
-    return path
-
-
-def copy_with(source: Path, target: Path, **attributes: str) -> Path:
-    """Copy a DICOM file, changing some header attributes (pixel data untouched)."""
-    ds = pydicom.dcmread(source)
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.save_as(target)
-    return target
 
 
 @pytest.fixture()

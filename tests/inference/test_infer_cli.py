@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA, require_shared
 from PIL import Image
-from test_discovery import write_text_sr
+from dicom_factory import write_text_sr
 
 from lungseg_monai.cli import main
 from lungseg_monai.inference import LungSegmenter

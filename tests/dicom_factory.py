@@ -1,0 +1,42 @@
+"""Small DICOM objects made in tests from scratch or from the real files (shared by several test modules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+
+
+def write_text_sr(path: Path, study_uid: str) -> Path:
+    """A Basic Text SR (no PixelData) in the given study, as a report beside the images would be."""
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = BASIC_TEXT_SR
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.PatientName = "Test^Report"
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    ds.is_little_endian, ds.is_implicit_VR = True, False  # still honoured (deprecated) by pydicom 3
+    ds.save_as(path, write_like_original=False)
+    return path
+
+
+def copy_with(source: Path, target: Path, **attributes: str) -> Path:
+    """Copy a DICOM file, changing some header attributes (pixel data untouched)."""
+    ds = pydicom.dcmread(source)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.save_as(target)
+    return target
