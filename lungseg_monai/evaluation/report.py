@@ -37,8 +37,13 @@ def _finite(values: Sequence[float]) -> np.ndarray:
     return arr[np.isfinite(arr)]
 
 
+def _badness(dice: float, image: str) -> tuple[float, str]:
+    """Sort key of the worst cases: lowest Dice first, ties broken by path so every process agrees."""
+    return float(dice), str(image)
+
+
 def _worst(rows: Sequence[Mapping[str, Any]], n_worst: int) -> list[Mapping[str, Any]]:
-    return sorted(rows, key=lambda r: float(r["dice"]))[:n_worst]
+    return sorted(rows, key=lambda r: _badness(r["dice"], r["image"]))[:n_worst]
 
 
 def summarise(rows: Sequence[Mapping[str, Any]], n_worst: int = 5) -> dict[str, Any]:
@@ -135,7 +140,7 @@ class SegmentationReport:
         self._masks[path] = (pred, label)
         self._dice[path] = dice
         if len(self._masks) > self.n_worst:
-            best_kept = max(self._dice, key=self._dice.__getitem__)
+            best_kept = max(self._dice, key=lambda p: _badness(self._dice[p], p))
             del self._masks[best_kept], self._dice[best_kept]
 
     def _gather(self) -> None:

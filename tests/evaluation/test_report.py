@@ -46,3 +46,18 @@ def test_report_keeps_only_worst_masks_and_separates_same_named_files(tmp_path: 
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert [w["image"] for w in summary["worst"]] == [str(tmp_path / "d" / "cxr.png"), str(tmp_path / "c" / "cxr.png")]
     assert sorted(p.name for p in (tmp_path / "eval" / "worst").iterdir()) == ["cxr.png", "cxr_2.png"]
+
+
+def test_tied_worst_cases_all_have_their_overlay(tmp_path: Path) -> None:
+    label = np.zeros((16, 16), bool)
+    label[4:12, 4:12] = True
+    report = SegmentationReport(tmp_path / "eval", n_worst=2)
+    engine = SimpleNamespace(state=SimpleNamespace(output=None))
+    report._reset(engine)
+    for name in ["e", "d", "c", "b", "a"]:  # all Dice 0: the tie is broken by path
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(np.full((16, 16), 100, np.uint8)).save(path)
+        engine.state.output = [_item(path, np.zeros_like(label), label)]
+        report._collect(engine)
+    report._write(engine)
+    assert sorted(p.name for p in (tmp_path / "eval" / "worst").iterdir()) == ["a.png", "b.png"]
