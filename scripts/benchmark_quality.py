@@ -153,6 +153,7 @@ def report_section(result: dict[str, Any]) -> str:
     dice, iou, hd95, assd = (summary[k] for k in ("dice", "iou", "hd95", "assd"))
     card = result["model_card"]
     stop = " (stopped by --time_limit_min; best checkpoint evaluated)" if result["time_limited"] else ""
+    train_time = "not measured (--skip_training)" if result["skipped_training"] else f"{result['train_s'] / 60:.1f} min"
     lines = [
         f"### Quality: {result['backbone']} U-Net ({result['date']})",
         "",
@@ -167,7 +168,7 @@ def report_section(result: dict[str, Any]) -> str:
         "",
         f"- Epochs run: {result['epochs_run']}{stop}; best validation Dice {card.get('val_mean_dice', float('nan')):.4f}"
         f" at epoch {card.get('epoch')} (image size {card.get('image_size')}).",
-        f"- Wall time: training {result['train_s'] / 60:.1f} min, evaluation {result['eval_s'] / 60:.1f} min.",
+        f"- Wall time: training {train_time}, evaluation {result['eval_s'] / 60:.1f} min.",
         f"- Hardware: {result['hardware']}; torch threads {result['threads']}; load average at start {result['load_start']},"
         f" at end {result['load_end']} (the machine is shared).",
         "- Commands:",
@@ -207,9 +208,11 @@ def benchmark_backbone(args: argparse.Namespace, backbone: str, overrides: list[
     load_start = load_average()
     start = time.perf_counter()
     limit = args.time_limit_min * 60 if args.time_limit_min else None
-    code, time_limited = run_logged(train_cmd, log_path, env, limit)
+    code, time_limited = (0, False) if args.skip_training else run_logged(train_cmd, log_path, env, limit)
     train_s = time.perf_counter() - start
     model_path = bundle_root / "models" / "model.pt"
+    if args.skip_training and not model_path.is_file():
+        raise RuntimeError(f"--skip_training needs a trained model at '{model_path}'; train first (drop --skip_training)")
     if (code != 0 and not time_limited) or not model_path.is_file():
         raise RuntimeError(f"training {backbone} failed (exit {code}, model saved: {model_path.is_file()}); see {log_path}")
     start = time.perf_counter()
@@ -228,8 +231,9 @@ def benchmark_backbone(args: argparse.Namespace, backbone: str, overrides: list[
         "summary": summary,
         "model_card": card,
         "distance_unit": "mm" if ",mm" in metrics_csv else "pixel",
-        "epochs_run": epochs_run(log_path),
+        "epochs_run": epochs_run(log_path) or "not in the log",
         "time_limited": time_limited,
+        "skipped_training": args.skip_training,
         "train_s": train_s,
         "eval_s": eval_s,
         "hardware": hardware_description(),
@@ -251,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override, repeatable")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the subprocesses")
     parser.add_argument("--time_limit_min", type=float, default=None, help="stop training after this long, evaluate the best model")
+    parser.add_argument("--skip_training", action="store_true", help="evaluate the model already in WORK_DIR/BACKBONE")
     parser.add_argument("--quick", action="store_true", help="smoke test: sample data, 64 px, 1 epoch")
     return parser
 
