@@ -41,7 +41,7 @@ REPORT="$OUT_DIR/gpu_benchmark.md"
 if [[ $DRY_RUN == 1 ]]; then
     DEVICE=cpu; SIZE=64; ITERS=1; BATCHES="1 2"; TRAIN_BATCH=2
     QUALITY_ARGS=(--quick)
-    DEVICE_NAME="CPU dry run: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
+    DEVICE_NAME="CPU dry run: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(getconf _NPROCESSORS_ONLN) cores"
 else
     if ! command -v nvidia-smi >/dev/null || ! nvidia-smi >/dev/null 2>&1; then
         echo "error: no NVIDIA GPU visible (nvidia-smi failed); run with --dry-run to test on the CPU" >&2
@@ -54,7 +54,7 @@ else
     DEVICE=cuda; SIZE=512; ITERS=20; BATCHES="1 32"; TRAIN_BATCH=16
     QUALITY_ARGS=(--dataset_dir "$DATA_DIR" --time_limit_min "$TRAIN_TIME_LIMIT_MIN"
                   --override image_size=512 --override max_epochs="$EPOCHS" --override batch_size=16
-                  --override val_batch_size=16 --override num_workers=4 --override learning_rate=0.002)
+                  --override val_batch_size=16 --override num_workers=4)
     DEVICE_NAME="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
 fi
 
