@@ -360,20 +360,29 @@ def end_to_end(use_cli: bool, model: Path, work: Path, n_images: int, size: int,
     }
 
 
-def memory_profile(use_cli: bool, model: Path, work: Path, settings: Settings, env: dict[str, str]) -> dict[str, float]:
-    """Peak RSS on one large DICOM; RSS early in and at the end of a long folder run."""
+def rss_at(samples: Sequence[tuple[float, float]], fraction: float, seconds: float) -> float:
+    """The first sampled RSS (MB) at or after ``fraction`` of the run's wall time (the last sample if none)."""
+    return next((rss for t, rss in samples if t >= fraction * seconds), samples[-1][1])
+
+
+def memory_profile(use_cli: bool, model: Path, work: Path, settings: Settings, env: dict[str, str]) -> dict[str, Any]:
+    """Peak RSS on one small PNG (the baseline: imports + model) and on one large DICOM; RSS along a long folder run.
+
+    Start-up (imports, model loading) takes a large share of a short run, so the folder's RSS is
+    read at 40% and 70% of the run's wall time and at its end: flat means no growth between them.
+    """
+    small = write_png_folder(work / "one_small_png", 1, 256)
+    baseline = run_measured(segment_command(use_cli, small, work / "out_small", model), env)
     dicom_dir = work / "dicom_large"
     write_large_dicom(dicom_dir / "large.dcm", settings.memory_dicom_size)
     big = run_measured(segment_command(use_cli, dicom_dir, work / "out_dicom", model), env)
     folder = write_png_folder(work / "folder_real", settings.memory_folder_images, None)
     run = run_measured(segment_command(use_cli, folder, work / "out_folder", model), env)
     samples = run.rss_samples_mb or [(run.seconds, run.peak_rss_mb)]
-    # "Start" is the first sample after 10% of the run (imports and model loading are done by then).
-    early = next((rss for t, rss in samples if t >= 0.1 * run.seconds), samples[0][1])
     return {
+        "baseline_peak_mb": baseline.peak_rss_mb,
         "dicom_peak_mb": big.peak_rss_mb,
-        "folder_early_mb": early,
-        "folder_end_mb": samples[-1][1],
+        "folder_rss_mb": {f"{int(f * 100)}%": rss_at(samples, f, run.seconds) for f in (0.4, 0.7)} | {"end": samples[-1][1]},
         "folder_peak_mb": run.peak_rss_mb,
         "folder_seconds": run.seconds,
     }
@@ -438,10 +447,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"**Memory** ({results['memory_model']}; peak RSS exact from `wait4`, RSS over time sampled every {RSS_POLL_S} s):",
             "",
             f"- {s.memory_dicom_size}x{s.memory_dicom_size} uncompressed 16-bit DICOM: peak RSS {mem['dicom_peak_mb']:.0f} MB"
-            f" (limit {MEMORY_LIMIT_MB} MB).",
-            f"- {s.memory_folder_images} real radiographs (native sizes up to 1024 px) in one folder: RSS {mem['folder_early_mb']:.0f} MB"
-            f" at 10% of the run, {mem['folder_end_mb']:.0f} MB at the end, peak {mem['folder_peak_mb']:.0f} MB"
-            f" ({mem['folder_seconds']:.0f} s).",
+            f" (limit {MEMORY_LIMIT_MB} MB); the same command on one 256x256 PNG: {mem['baseline_peak_mb']:.0f} MB"
+            " (the process itself: torch, MONAI, the model).",
+            f"- {s.memory_folder_images} real radiographs (native sizes up to 1024 px) in one folder, {mem['folder_seconds']:.0f} s:"
+            " RSS " + ", ".join(f"{rss:.0f} MB at {when}" for when, rss in mem["folder_rss_mb"].items())
+            + f" of the run; peak {mem['folder_peak_mb']:.0f} MB.",
         ]
     return "\n".join(lines) + "\n"
 

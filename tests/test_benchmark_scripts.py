@@ -108,3 +108,9 @@ def test_speed_segment_folder_writes_one_mask_per_image_at_its_size(trained_bund
         pixels = read_radiograph(mask).pixels
         assert pixels.shape == (96, 96)
         assert set(np.unique(pixels)) <= {0.0, 255.0}
+
+
+def test_speed_rss_at_takes_the_first_sample_at_or_after_the_fraction():
+    samples = [(1.0, 500.0), (5.0, 900.0), (9.0, 910.0)]
+    assert benchmark_speed.rss_at(samples, 0.4, 10.0) == 900.0
+    assert benchmark_speed.rss_at(samples, 0.95, 10.0) == 910.0  # none that late: the last sample
