@@ -3,13 +3,35 @@
 The pipeline, one module per step: ``io`` (reading PNG/JPEG/DICOM/MetaImage/NIfTI) ->
 ``transforms`` (MONAI transforms) -> ``data`` (datalists, splits) -> ``networks`` (VGG16/ResNet50
 U-Nets) -> ``engine`` (training handlers, checkpoints) -> ``evaluation`` (metrics, reports) ->
-``outputs`` (masks, overlays).
+``inference`` (a model on new radiographs, post-processing) -> ``outputs`` (masks, overlays,
+NIfTI, DICOM SEG, measurements).
 """
 
 from __future__ import annotations
 
-from lungseg_monai import bundle_utils, data, engine, evaluation, io, networks, outputs, transforms
+__version__ = "0.1.0"  # before the imports: submodules record it in their outputs
 
-__version__ = "0.1.0"
+from lungseg_monai import (  # noqa: E402
+    bundle_utils,
+    data,
+    engine,
+    evaluation,
+    inference,
+    io,
+    networks,
+    outputs,
+    transforms,
+)
 
-__all__ = ["__version__", "bundle_utils", "data", "engine", "evaluation", "io", "networks", "outputs", "transforms"]
+__all__ = [
+    "__version__",
+    "bundle_utils",
+    "data",
+    "engine",
+    "evaluation",
+    "inference",
+    "io",
+    "networks",
+    "outputs",
+    "transforms",
+]

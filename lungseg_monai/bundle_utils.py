@@ -1,4 +1,4 @@
-"""Helpers the bundle configs call: where the bundle lives, and the effective device."""
+"""Helpers the bundle configs call: where the bundle lives, and command-line flags as booleans."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["bundle_root_from_argv"]
+__all__ = ["as_bool", "bundle_root_from_argv"]
+
+_TRUE = ("true", "yes", "1", "on")
+_FALSE = ("false", "no", "0", "off")
 
 
 def _first_config_file(argv: Sequence[str]) -> str | None:
@@ -40,3 +43,21 @@ def bundle_root_from_argv(default: str = ".", argv: Sequence[str] | None = None)
         parent = Path(config_file).resolve().parent
         return str(parent.parent if parent.name == "configs" else parent)
     return default
+
+
+def as_bool(value: bool | int | str, name: str = "flag") -> bool:
+    """A bundle flag as a bool, also when it comes from the command line as a string.
+
+    ``python -m monai.bundle run ... --resume false`` passes the string ``"false"``, which Python
+    would take as true; this maps ``true/false``, ``yes/no``, ``on/off`` and ``1/0`` (any case).
+
+    Raises:
+        ValueError: any other value.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{name} must be true or false, got {value!r}")

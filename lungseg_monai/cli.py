@@ -15,7 +15,7 @@ from collections.abc import Sequence
 __all__ = ["main", "build_parser"]
 
 # Modules providing subcommands, in the order they appear in --help.
-SUBCOMMAND_MODULES = ("lungseg_monai.analyze",)
+SUBCOMMAND_MODULES = ("lungseg_monai.analyze", "lungseg_monai.inference.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,21 +3,38 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lungseg_monai.io import SUPPORTED_SUFFIXES
+from lungseg_monai.io import SUPPORTED_SUFFIXES, RadiographReadError, check_mask_matches, read_mask, read_radiograph
+from lungseg_monai.outputs.atomic import atomic_path
 
-__all__ = ["datalist_from_folder", "load_datalist", "split_datalist", "prepare_splits", "file_stem"]
+__all__ = [
+    "BadPair",
+    "DatalistError",
+    "MIN_IMAGE_SIDE",
+    "check_pair",
+    "datalist_from_folder",
+    "file_stem",
+    "load_datalist",
+    "prepare_splits",
+    "split_datalist",
+    "validate_datalist",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RATIOS = (0.5, 0.25, 0.25)
 SPLIT_NAMES = ("training", "validation", "test")
+# Smaller images cannot be chest radiographs (the smallest in the reference data is 157 px wide).
+MIN_IMAGE_SIDE = 32
 
 
 def file_stem(path: str | os.PathLike) -> str:
@@ -143,23 +160,154 @@ def split_datalist(
     }
 
 
+@dataclass(frozen=True)
+class BadPair:
+    """An image/mask pair that cannot be used, and why (names the file at fault)."""
+
+    image: str
+    label: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"image '{self.image}', mask '{self.label}': {self.reason}"
+
+
+class DatalistError(ValueError):
+    """Some image/mask pairs of a datalist cannot be used; ``bad_pairs`` lists every one of them."""
+
+    def __init__(self, bad_pairs: Sequence[BadPair], total: int) -> None:
+        self.bad_pairs = list(bad_pairs)
+        listing = "\n".join(f"  - {bad}" for bad in self.bad_pairs)
+        super().__init__(
+            f"{len(self.bad_pairs)} of {total} image/mask pairs cannot be used:\n{listing}\n"
+            "fix or remove these files, or set skip_bad_files to true to leave them out with a warning"
+        )
+
+
+def check_pair(item: Mapping[str, str], min_side: int = MIN_IMAGE_SIDE) -> str | None:
+    """Read an image and its mask the way training and evaluation will; None if usable, else why not.
+
+    Catches what would otherwise stop a run midway: unreadable, truncated, oversized or
+    unsupported files (see :mod:`lungseg_monai.io`), a mask whose size differs from its image's,
+    an empty mask and an image smaller than ``min_side`` pixels a side.
+    """
+    try:
+        image = read_radiograph(item["image"])
+        mask = read_mask(item["label"])
+        check_mask_matches(mask, image.shape, image.path)
+    except RadiographReadError as e:
+        return str(e)
+    rows, cols = image.shape
+    if min(rows, cols) < min_side:
+        return f"image '{image.path}' is {cols}x{rows} pixels; a chest radiograph needs at least {min_side} a side"
+    if not mask.pixels.any():
+        return f"mask '{mask.path}' is empty (no lung pixels); a lung mask must outline the lungs"
+    return None
+
+
+def validate_datalist(
+    items: Sequence[Mapping[str, str]],
+    skip_bad_files: bool = True,
+    min_side: int = MIN_IMAGE_SIDE,
+    num_workers: int = 0,
+) -> tuple[list[dict[str, str]], list[BadPair]]:
+    """Check every image/mask pair before a run starts, so that a bad file cannot stop it midway.
+
+    Each pair is read in full once (:func:`check_pair`), and all bad pairs are reported together.
+
+    Args:
+        items: ``{"image", "label", ...}`` dicts.
+        skip_bad_files: True leaves bad pairs out with one warning each; False raises.
+        min_side: smallest accepted image side in pixels.
+        num_workers: read this many pairs at once in threads (0 or 1: one at a time).
+
+    Returns:
+        ``(good_items, bad_pairs)``, good items in their original order.
+
+    Raises:
+        DatalistError: ``skip_bad_files`` is False and some pairs are bad; the message lists them all.
+    """
+    good, bad = _partition_pairs(items, min_side, num_workers)
+    _report_bad(bad, len(items), skip_bad_files)
+    return good, bad
+
+
+def _partition_pairs(
+    items: Sequence[Mapping[str, str]], min_side: int = MIN_IMAGE_SIDE, num_workers: int = 0
+) -> tuple[list[dict[str, str]], list[BadPair]]:
+    check = functools.partial(check_pair, min_side=min_side)
+    if num_workers > 1:
+        with ThreadPoolExecutor(max_workers=num_workers) as pool:
+            reasons = list(pool.map(check, items))
+    else:
+        reasons = [check(item) for item in items]
+    good: list[dict[str, str]] = []
+    bad: list[BadPair] = []
+    for item, reason in zip(items, reasons):
+        if reason is None:
+            good.append(dict(item))
+        else:
+            bad.append(BadPair(image=str(item["image"]), label=str(item["label"]), reason=reason))
+    return good, bad
+
+
+def _report_bad(bad: Sequence[BadPair], total: int, skip_bad_files: bool) -> None:
+    if bad and not skip_bad_files:
+        raise DatalistError(bad, total)
+    for pair in bad:
+        logger.warning("leaving out %s", pair)
+
+
 def prepare_splits(
     dataset_dir: str | os.PathLike,
     output_file: str | os.PathLike,
     ratios: Sequence[float] = DEFAULT_RATIOS,
     seed: int = 0,
+    skip_bad_files: bool = True,
+    check_files: bool = True,
+    num_workers: int = 0,
 ) -> dict[str, list[dict[str, str]]]:
-    """List ``dataset_dir``, split it, and save the split as a MONAI datalist JSON (for the record).
+    """List ``dataset_dir``, split it, check every pair and save the split as a MONAI datalist JSON.
 
     The split is a pure function of the file names, ratios and seed, so re-running gives the
-    same parts; the JSON lets other tools reuse exactly those lists.
+    same parts; the JSON lets other tools reuse exactly those lists. Files are checked after
+    splitting, so a bad file never moves a good one to another part.
+
+    Args:
+        dataset_dir: a folder with ``images/`` and ``masks/``, a CSV or a JSON datalist.
+        output_file: where the split record goes; bad pairs are listed under ``"excluded"``.
+        ratios: train/validation/test proportions.
+        seed: split seed.
+        skip_bad_files: leave unusable pairs out with a warning (True) or stop listing them all
+            (False, :class:`DatalistError`).
+        check_files: read every pair first (:func:`validate_datalist`); False trusts the files.
+        num_workers: threads reading pairs during the check.
+
+    Raises:
+        DatalistError: bad pairs with ``skip_bad_files=False``.
+        ValueError: no usable training pair is left.
     """
     splits = split_datalist(load_datalist(dataset_dir), ratios=ratios, seed=seed)
-    output_file = Path(output_file)
-    output_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_file.with_name(output_file.name + ".tmp")
-    record = {"dataset_dir": str(Path(dataset_dir).resolve()), "ratios": list(ratios), "seed": seed, **splits}
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, output_file)
+    excluded: list[BadPair] = []
+    if check_files:
+        checked = {part: _partition_pairs(items, num_workers=num_workers) for part, items in splits.items()}
+        excluded = [pair for _, bad in checked.values() for pair in bad]
+        _report_bad(excluded, sum(len(items) for items in splits.values()), skip_bad_files)
+        splits = {part: good for part, (good, _) in checked.items()}
+        for part, ratio in zip(("training", "validation"), ratios):
+            if ratio > 0 and not splits[part]:
+                raise ValueError(
+                    f"no usable {part} pair is left in '{dataset_dir}' after leaving out {len(excluded)} bad pairs"
+                )
+    record = {
+        "dataset_dir": str(Path(dataset_dir).resolve()),
+        "ratios": list(ratios),
+        "seed": seed,
+        **splits,
+        "excluded": [asdict(pair) for pair in excluded],
+    }
+    # a unique temporary name: in a distributed run every process writes this (identical) file
+    with atomic_path(output_file) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
     logger.info("split %s: %s", output_file, {k: len(v) for k, v in splits.items()})
     return splits

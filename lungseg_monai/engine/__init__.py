@@ -8,11 +8,13 @@ from lungseg_monai.engine.checkpoint import (
     NetworkLoader,
     ResumableEarlyStopHandler,
     TrainingCheckpoint,
+    TransformRandomState,
     load_checkpoint,
     load_network_weights,
     save_checkpoint,
     unwrap_model,
 )
+from lungseg_monai.engine.distributed import distributed_sampler, gather_objects, is_distributed
 
 __all__ = [
     "BestModelSaver",
@@ -20,6 +22,10 @@ __all__ = [
     "NetworkLoader",
     "ResumableEarlyStopHandler",
     "TrainingCheckpoint",
+    "TransformRandomState",
+    "distributed_sampler",
+    "gather_objects",
+    "is_distributed",
     "load_checkpoint",
     "load_network_weights",
     "save_checkpoint",

@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import random
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import EarlyStopHandler
+from monai.transforms import Randomizable, Transform
 
+from lungseg_monai.engine.distributed import gather_objects
 from lungseg_monai.outputs.atomic import atomic_path
 
 __all__ = [
@@ -31,10 +34,15 @@ __all__ = [
     "BestModelSaver",
     "ResumableEarlyStopHandler",
     "TrainingCheckpoint",
+    "TransformRandomState",
     "CheckpointError",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+# How torch names the global a refused pickle wanted to load: "GLOBAL posix.system".
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 class CheckpointError(ValueError):
@@ -47,25 +55,40 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file, then rename: a kill never leaves a partial file."""
+    """``torch.save`` to a temporary file, flush it to disk, then rename: a kill never leaves a partial file.
+
+    The flush (``fsync``) makes the rename safe against a power cut or kernel crash too, not only a
+    killed process.
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
     return path
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint safely (``weights_only=True``); pickled code is refused with a clear error."""
+    """Load a checkpoint safely (``weights_only=True``); pickled code is refused with a clear error.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or corrupt, or holds pickled code or
+            objects (the message names the first one found, e.g. ``posix.system``).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+            found = _UNSAFE_GLOBAL.search(str(e))
+            what = f" (it refers to {found.group(1)})" if found else ""
             raise CheckpointError(
-                f"checkpoint '{path}' contains pickled Python objects, which are refused for safety; "
-                "save only state dicts (tensors, numbers, strings)"
+                f"checkpoint '{path}' contains pickled Python code or objects{what}, which are refused because "
+                "loading them could run arbitrary code; use a checkpoint holding only state dicts (tensors, "
+                "numbers, strings), e.g. re-save model.state_dict() from a copy you trust"
             ) from e
         raise CheckpointError(f"checkpoint '{path}' cannot be read ({type(e).__name__}: {e})") from e
 
@@ -114,21 +137,88 @@ class NetworkLoader:
         logger.info("loaded network weights from '%s'", self.load_path)
 
 
+def _pack_numpy_state(state: tuple[Any, ...]) -> dict[str, Any]:
+    """A ``RandomState.get_state()`` tuple as tensors and numbers, loadable with ``weights_only=True``."""
+    _, keys, pos, has_gauss, cached_gaussian = state
+    return {
+        "keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+
+
+def _unpack_numpy_state(state: Mapping[str, Any]) -> tuple[Any, ...]:
+    keys = state["keys"].numpy().astype(np.uint32)
+    return ("MT19937", keys, int(state["pos"]), int(state["has_gauss"]), float(state["cached_gaussian"]))
+
+
 def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "python": [list(random.getstate()[1]), random.getstate()[0]],
+        "numpy": _pack_numpy_state(np.random.get_state()),
+        "python": [list(internal), version, gauss_next],
     }
 
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    internal, version = state["python"]
-    random.setstate((version, tuple(internal), None))
+    np.random.set_state(_unpack_numpy_state(state["numpy"]))
+    internal, version, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _randomizables(obj: Any, name: str, seen: set[int]) -> Iterator[tuple[str, Randomizable]]:
+    """Every :class:`Randomizable` reachable from ``obj`` through transforms, lists and dicts, by path."""
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, Randomizable):
+        yield name, obj
+    if isinstance(obj, (list, tuple)):
+        children: Iterator[tuple[Any, Any]] = iter(enumerate(obj))
+    elif isinstance(obj, dict):
+        children = iter(obj.items())
+    elif isinstance(obj, (Transform, Randomizable)):
+        children = iter(vars(obj).items())
+    else:
+        return
+    for key, child in children:
+        yield from _randomizables(child, f"{name}.{key}" if name else str(key), seen)
+
+
+class TransformRandomState:
+    """The random generators of a transform chain, saved and restored by :class:`TrainingCheckpoint`.
+
+    MONAI's random transforms each own a ``numpy.random.RandomState`` (``.R``), seeded once when
+    the DataLoader is created. Without this, a resumed run would replay the augmentations of
+    epoch 1 instead of continuing the sequence. Every :class:`~monai.transforms.Randomizable`
+    inside the chain is found (also nested ones such as ``RandAffined.rand_affine``) and its
+    state stored under its attribute path.
+
+    Args:
+        transform: the training transform chain, e.g. ``@train#preprocessing``.
+    """
+
+    def __init__(self, transform: Transform) -> None:
+        self.transform = transform
+
+    def _generators(self) -> dict[str, Randomizable]:
+        return dict(_randomizables(self.transform, "", set()))
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: _pack_numpy_state(obj.R.get_state()) for name, obj in self._generators().items()}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, Any]]) -> None:
+        generators = self._generators()
+        if set(state) != set(generators):
+            raise CheckpointError(
+                f"the checkpoint holds random states for transforms {sorted(state)} but the training transforms "
+                f"are {sorted(generators)}; resume with the transforms the run started with"
+            )
+        for name, obj in generators.items():
+            obj.R.set_state(_unpack_numpy_state(state[name]))
 
 
 class BestModelSaver:
@@ -138,7 +228,9 @@ class BestModelSaver:
     MONAI Label load.
 
     Beside it, ``model.json`` records what is needed to use the weights without the training
-    config (backbone, image size, intensity settings) plus the metric and epoch.
+    config (backbone, image size, intensity settings) plus the metric, the epoch and
+    ``n_validation_images``, the number of images the metric was computed on (in a distributed
+    run, over all processes).
 
     Args:
         save_path: file to write, e.g. ``models/model.pt``.
@@ -174,6 +266,9 @@ class BestModelSaver:
             if self.enabled:
                 save_checkpoint(unwrap_model(self.network).state_dict(), self.save_path)
                 record = {**self.metadata, self.metric_name: value, "epoch": self.best_epoch}
+                details = getattr(engine.state, "metric_details", {}).get(self.metric_name)
+                if details is not None:  # per-image scores, gathered from all processes
+                    record["n_validation_images"] = len(details)
                 with atomic_path(self.save_path.with_suffix(".json")) as tmp:
                     tmp.write_text(json.dumps(record, indent=2, default=str))
                 logger.info("new best %s %.4f at epoch %d: saved %s", self.metric_name, value, self.best_epoch, self.save_path)
@@ -231,7 +326,8 @@ class TrainingCheckpoint:
         save_path: e.g. ``models/checkpoint_last.pt``.
         save_dict: name -> object with ``state_dict``/``load_state_dict`` (network, optimizer,
             lr scheduler, early stopping, best-model saver...).
-        resume: load ``save_path`` at start if it exists.
+        resume: load ``save_path`` at start if it exists. In a distributed run every process loads
+            it, and all must see it (or none): an error says which processes do not.
         enabled: False on non-zero ranks (they still resume from the file).
     """
 
@@ -259,7 +355,16 @@ class TrainingCheckpoint:
         save_checkpoint(state, self.save_path)
 
     def load(self, engine: Engine) -> None:
-        if not (self.resume and self.save_path.is_file()):
+        if not self.resume:
+            return
+        found = gather_objects(self.save_path.is_file())  # one entry per process of a distributed run
+        if any(found) and not all(found):
+            raise CheckpointError(
+                f"resume is true but '{self.save_path}' exists for processes {[r for r, f in enumerate(found) if f]} "
+                f"and not for processes {[r for r, f in enumerate(found) if not f]}; every process must resume from "
+                "the same file: put bundle_root on a file system all nodes share, or copy the file to every node"
+            )
+        if not found[0]:
             return
         state = load_checkpoint(self.save_path)
         missing = [name for name in self.save_dict if name not in state]

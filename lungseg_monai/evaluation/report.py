@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from lungseg_monai.engine.distributed import gather_objects, is_distributed
 from lungseg_monai.evaluation.metrics import METRIC_NAMES, segmentation_metrics
 from lungseg_monai.io import read_radiograph
 from lungseg_monai.outputs import atomic_path, save_overlay
@@ -33,6 +34,10 @@ logger = logging.getLogger(__name__)
 def _finite(values: Sequence[float]) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64)
     return arr[np.isfinite(arr)]
+
+
+def _worst(rows: Sequence[Mapping[str, Any]], n_worst: int) -> list[Mapping[str, Any]]:
+    return sorted(rows, key=lambda r: float(r["dice"]))[:n_worst]
 
 
 def summarise(rows: Sequence[Mapping[str, Any]], n_worst: int = 5) -> dict[str, Any]:
@@ -49,7 +54,7 @@ def summarise(rows: Sequence[Mapping[str, Any]], n_worst: int = 5) -> dict[str, 
             "max": float(finite.max()) if finite.size else math.nan,
             "n_infinite": int(len(values) - finite.size),
         }
-    worst = sorted(rows, key=lambda r: float(r["dice"]))[:n_worst]
+    worst = _worst(rows, n_worst)
     summary["worst"] = [{k: r[k] for k in ("name", "image", *METRIC_NAMES)} for r in worst]
     return summary
 
@@ -74,7 +79,9 @@ class SegmentationReport:
     Args:
         output_dir: where ``metrics.csv``, ``summary.json`` and ``worst/`` go.
         n_worst: how many worst cases to list and draw.
-        enabled: False on non-zero ranks of a distributed run.
+        enabled: False on non-zero ranks of a distributed run. In such a run every process
+            evaluates its shard, and the rows (sorted by file name) and the worst cases' masks are
+            gathered from all processes before rank 0 writes the report.
     """
 
     def __init__(
@@ -117,7 +124,21 @@ class SegmentationReport:
             self.rows.append({"name": name, "image": path, **values, "distance_unit": "mm" if known else "pixel"})
             self._masks[name] = (pred, label)
 
+    def _gather(self) -> None:
+        """In a multi-process run, collect every process's rows and the worst cases' masks.
+
+        Every process calls this (the gathering is collective), also those with ``enabled=False``.
+        """
+        if not is_distributed():
+            return
+        rows = (row for part in gather_objects(self.rows) for row in part)
+        self.rows = sorted(rows, key=lambda r: (r["name"], r["image"]))
+        worst = {r["name"] for r in _worst(self.rows, self.n_worst)}
+        own = {name: masks for name, masks in self._masks.items() if name in worst}
+        self._masks = {name: masks for part in gather_objects(own) for name, masks in part.items()}
+
     def _write(self, engine: Engine) -> None:
+        self._gather()
         if not self.enabled or not self.rows:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,9 @@
 
 The one place where a radiograph becomes a lung mask: ``lungseg infer``, the bundle's inference
 config and the MONAI Label app all go through it, so they give the same masks for the same file.
+The steps are separate methods so a batch runner can overlap them: :meth:`LungSegmenter.prepare`
+(CPU, per image), :meth:`LungSegmenter.forward` (the network, per batch) and
+:meth:`LungSegmenter.to_mask` (resize to the image, threshold, :class:`CleanLungMask`).
 """
 
 from __future__ import annotations
@@ -9,21 +12,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.transforms import Compose, NormalizeIntensityd, Resized, ScaleIntensityRangePercentilesd
 
-from lungseg_monai.engine.checkpoint import CheckpointError, load_network_weights
+from lungseg_monai.engine.checkpoint import CheckpointError, load_checkpoint, load_network_weights
+from lungseg_monai.inference.transforms import CleanLungMask
 from lungseg_monai.io import Radiograph
 from lungseg_monai.networks import LungUNet, backbone_of_state_dict
-from lungseg_monai.transforms import radiograph_to_metatensor
+from lungseg_monai.transforms import ResizeToOriginal, radiograph_to_metatensor
 
-__all__ = ["LungSegmenter", "ModelCard", "read_model_card"]
+__all__ = ["LungSegmenter", "ModelCard", "is_torchscript_file", "read_model_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +39,21 @@ _CARD_DEFAULTS: ModelCard = {
     "intensity_std": 0.226,
     "threshold": 0.5,
 }
+_CARD_KEYS = ("backbone", "image_size", "decoder_channels", "intensity_percentiles", "intensity_mean", "intensity_std")
+# Extra files of a TorchScript archive that may hold the model card, best first: the card itself
+# (ckpt_export --config_file "['configs/train.json','models/model.json']"), then the training config.
+_TS_CARD_FILE = "model.json"
+_TS_CONFIG_FILES = ("train.json", "inference.json")
+
+
+def _card_from_config(config: Mapping[str, Any]) -> ModelCard:
+    """The model-card keys of a bundle config whose values are literals (not ``@``/``$`` expressions)."""
+    card = {}
+    for key in _CARD_KEYS:
+        value = config.get(key)
+        if value is not None and not (isinstance(value, str) and value[:1] in "@$%"):
+            card[key] = value
+    return card
 
 
 def _card_from_bundle(model_path: Path) -> ModelCard | None:
@@ -42,35 +61,84 @@ def _card_from_bundle(model_path: Path) -> ModelCard | None:
     config = model_path.parent.parent / "configs" / "train.json"
     if not config.is_file():
         return None
-    from monai.bundle import ConfigParser
+    return _card_from_config(json.loads(config.read_text()))
 
-    parser = ConfigParser()
-    parser.read_config(str(config))
-    card = {}
-    for key in ("backbone", "image_size", "decoder_channels", "intensity_percentiles", "intensity_mean", "intensity_std"):
-        if key in parser.config:
-            card[key] = parser.config[key]
-    return card
+
+def is_torchscript_file(path: str | os.PathLike) -> bool:
+    """True for a TorchScript archive (``torch.jit.save``), False for a ``torch.save`` checkpoint or other file."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _torchscript_extra_files(path: Path) -> dict[str, str]:
+    """The ``extra/`` files of a TorchScript archive (ckpt_export stores metadata and configs there)."""
+    with zipfile.ZipFile(path) as archive:
+        out = {}
+        for name in archive.namelist():
+            parts = name.split("/")
+            if len(parts) == 3 and parts[1] == "extra" and parts[2]:
+                out[parts[2]] = archive.read(name).decode("utf-8", errors="replace")
+    return out
+
+
+def _card_from_torchscript(path: Path) -> tuple[ModelCard | None, str, bool]:
+    """Model card stored in a TorchScript file, where it came from, and whether it is the training card.
+
+    ``model.json`` (the card written by training) is exact; the ``train.json`` that ``ckpt_export``
+    stores is the config file as written, without command-line overrides given at training.
+    """
+    extras = _torchscript_extra_files(path)
+    if _TS_CARD_FILE in extras:
+        return json.loads(extras[_TS_CARD_FILE]), f"the '{_TS_CARD_FILE}' stored in '{path}'", True
+    for name in _TS_CONFIG_FILES:
+        if name in extras:
+            card = _card_from_config(json.loads(extras[name]))
+            if "image_size" in card:
+                return card, f"the '{name}' stored in '{path}'", False
+    return None, "", False
 
 
 def read_model_card(model_path: str | os.PathLike) -> ModelCard:
-    """What a model needs besides its weights: from ``model.json`` beside it, else the bundle config.
+    """What a model needs besides its weights (backbone, image size, intensity settings, threshold).
+
+    Looked for, in order: for a TorchScript file, a ``model.json`` stored in it; ``model.json``
+    (the file's own name with ``.json``) beside the file, as written by training; for a TorchScript
+    file, the ``train.json`` that ``ckpt_export`` stored in it; the bundle's ``configs/train.json``
+    when the file sits in ``<bundle>/models``.
 
     Raises:
-        CheckpointError: neither source says which backbone and image size the model expects.
+        CheckpointError: no source says which image size the model expects.
     """
     model_path = Path(model_path)
     sidecar = model_path.with_suffix(".json")
-    card: ModelCard | None = None
-    if sidecar.is_file():
-        card = json.loads(sidecar.read_text())
-    if card is None:
-        card = _card_from_bundle(model_path)
+    stored, stored_source, exact = (
+        _card_from_torchscript(model_path) if is_torchscript_file(model_path) else (None, "", False)
+    )
+    if stored is not None and exact:
+        card, source = stored, stored_source
+    elif sidecar.is_file() and sidecar != model_path:
+        card, source = json.loads(sidecar.read_text()), f"'{sidecar}'"
+    elif stored is not None:
+        card, source = stored, stored_source
+        logger.info(
+            "'%s': image size %s from %s (export with models/model.json in --config_file to store "
+            "the training's own model card)",
+            model_path,
+            card.get("image_size"),
+            source,
+        )
+    else:
+        card, source = _card_from_bundle(model_path), "the bundle's configs/train.json"
     if not card or "image_size" not in card:
         raise CheckpointError(
-            f"cannot tell the image size '{model_path}' was trained at: no '{sidecar.name}' beside it and no "
-            "bundle configs/train.json above it; use the models/model.pt written by the bundle's training"
+            f"cannot tell the image size '{model_path}' was trained at: no '{sidecar.name}' beside it, no bundle "
+            "configs/train.json above it and no model card stored in it; use the models/model.pt written by the "
+            "bundle's training, or export it with ckpt_export --config_file \"['configs/train.json','models/model.json']\""
         )
+    logger.debug("model card of '%s' from %s", model_path, source)
     return {**_CARD_DEFAULTS, **card}
 
 
@@ -81,57 +149,118 @@ class LungSegmenter:
         network: a LungUNet (or TorchScript module) returning (B, 1, H, W) logits.
         card: model card (``image_size``, intensity settings, ``threshold``).
         device: where to run the network.
+        postprocess: the mask clean-up: True for :class:`CleanLungMask` with its defaults (keep
+            the two largest regions, drop specks, fill holes), a configured instance, or
+            None/False for the raw thresholded prediction.
+        channels_last: run the network on channels-last tensors (faster on some CPUs and GPUs;
+            the masks are the same).
 
     Example:
         >>> seg = LungSegmenter.from_model("bundles/lung_cxr_segmentation/models/model.pt")  # doctest: +SKIP
         >>> mask = seg.segment(read_radiograph("chest.dcm"))  # (rows, columns) uint8 0/1
     """
 
-    def __init__(self, network: torch.nn.Module, card: Mapping[str, Any], device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        card: Mapping[str, Any],
+        device: str | torch.device = "cpu",
+        postprocess: CleanLungMask | bool | None = True,
+        channels_last: bool = False,
+    ) -> None:
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         self.card = dict(card)
+        self.threshold = float(self.card["threshold"])
+        self.postprocess = CleanLungMask() if postprocess is True else (postprocess or None)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
         size = int(self.card["image_size"])
         low, high = self.card["intensity_percentiles"]
+        # Same steps and settings as the bundle's load_image[1], resize_image and normalize_image.
         self.preprocess = Compose(
             [
                 ScaleIntensityRangePercentilesd("image", lower=low, upper=high, b_min=0.0, b_max=1.0, clip=True),
                 Resized("image", spatial_size=(size, size), mode="area"),
-                NormalizeIntensityd("image", subtrahend=self.card["intensity_mean"], divisor=self.card["intensity_std"]),
+                NormalizeIntensityd(
+                    "image", subtrahend=self.card["intensity_mean"], divisor=self.card["intensity_std"]
+                ),
             ]
         )
+        self.resize_to_original = ResizeToOriginal()
 
     @classmethod
-    def from_model(cls, model_path: str | os.PathLike, device: str | torch.device | None = None) -> LungSegmenter:
-        """Load ``models/model.pt`` (state dict + ``model.json``) as written by the bundle's training."""
-        model_path = Path(model_path)
-        device = device or ("cuda:0" if torch.cuda.is_available() else "cpu")
-        card = read_model_card(model_path)
-        backbone = card.get("backbone")
-        if backbone is None:
-            from lungseg_monai.engine.checkpoint import load_checkpoint
+    def from_model(
+        cls,
+        model_path: str | os.PathLike,
+        device: str | torch.device | None = None,
+        postprocess: CleanLungMask | bool | None = True,
+        channels_last: bool = False,
+    ) -> LungSegmenter:
+        """Load ``models/model.pt`` (state dict + ``model.json``) or an exported TorchScript ``model.ts``.
 
-            backbone = backbone_of_state_dict(load_checkpoint(model_path))
-        network = LungUNet(backbone=backbone, decoder_channels=card["decoder_channels"])
-        load_network_weights(network, model_path)
-        return cls(network, card, device)
+        Raises:
+            CheckpointError: the file is missing, unreadable, or its model card is missing or
+                names another backbone than the weights hold.
+            ValueError: CUDA was asked for but is not available.
+        """
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise CheckpointError(f"model '{model_path}' does not exist; pass the bundle's models/model.pt or model.ts")
+        device = torch.device(device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device '{device}' was asked for but CUDA is not available here; use 'cpu'")
+        card = read_model_card(model_path)
+        if is_torchscript_file(model_path):
+            try:
+                network = torch.jit.load(str(model_path), map_location=device)
+            except Exception as e:
+                raise CheckpointError(
+                    f"TorchScript model '{model_path}' cannot be loaded ({type(e).__name__}: {e})"
+                ) from e
+            found = backbone_of_state_dict(network.state_dict())
+            if card.get("backbone") and found and card["backbone"] != found:
+                raise CheckpointError(
+                    f"TorchScript model '{model_path}' holds a {found} LungUNet but its model card says "
+                    f"{card['backbone']}; re-export it from the matching models/model.pt"
+                )
+        else:
+            backbone = card.get("backbone") or backbone_of_state_dict(load_checkpoint(model_path))
+            network = LungUNet(backbone=backbone, decoder_channels=card["decoder_channels"])
+            load_network_weights(network, model_path)
+        return cls(network, card, device, postprocess=postprocess, channels_last=channels_last)
 
     def prepare(self, radiograph: Radiograph) -> torch.Tensor:
         """(rows, columns) radiograph -> (1, image_size, image_size) network input."""
         return self.preprocess({"image": radiograph_to_metatensor(radiograph)})["image"].as_tensor()
 
     @torch.inference_mode()
-    def predict_probabilities(self, radiographs: list[Radiograph]) -> list[np.ndarray]:
-        """Lung probability maps at each radiograph's own (rows, columns)."""
-        batch = torch.stack([self.prepare(rg) for rg in radiographs]).to(self.device)
-        probs = torch.sigmoid(self.network(batch).float())
-        out = []
-        for prob, rg in zip(probs, radiographs):
-            full = F.interpolate(prob[None], size=rg.shape, mode="bilinear", align_corners=False)[0, 0]
-            out.append(full.cpu().numpy())
-        return out
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 1, image_size, image_size) inputs -> (B, 1, image_size, image_size) lung probabilities."""
+        batch = batch.to(self.device)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(self.network(batch).float()).contiguous()
+
+    @torch.inference_mode()
+    def to_mask(self, probability: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
+        """(1, h, w) probability -> (rows, columns) uint8 0/1 mask: resized, thresholded, cleaned."""
+        full = self.resize_to_original(probability, shape)[0]
+        mask = (full >= self.threshold).cpu().numpy().astype(np.uint8)
+        return self.postprocess(mask) if self.postprocess is not None else mask
+
+    def predict_probabilities(self, radiographs: Sequence[Radiograph]) -> list[np.ndarray]:
+        """Lung probability maps (float32, (rows, columns)) at each radiograph's own size."""
+        probs = self.forward(torch.stack([self.prepare(rg) for rg in radiographs]))
+        with torch.inference_mode():
+            return [self.resize_to_original(p, rg.shape)[0].cpu().numpy() for p, rg in zip(probs, radiographs)]
+
+    def segment_batch(self, radiographs: Sequence[Radiograph]) -> list[np.ndarray]:
+        """Binary (rows, columns) uint8 lung masks (0/1) of several radiographs, one network call."""
+        probs = self.forward(torch.stack([self.prepare(rg) for rg in radiographs]))
+        return [self.to_mask(p, rg.shape) for p, rg in zip(probs, radiographs)]
 
     def segment(self, radiograph: Radiograph) -> np.ndarray:
-        """Binary (rows, columns) uint8 lung mask (0/1) of one radiograph."""
-        prob = self.predict_probabilities([radiograph])[0]
-        return (prob > float(self.card["threshold"])).astype(np.uint8)
+        """Binary (rows, columns) uint8 lung mask (0/1) of one radiograph: what ``lungseg infer`` writes (x255)."""
+        return self.segment_batch([radiograph])[0]

@@ -25,14 +25,32 @@ def read_raster(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[str
     """Read an 8/16-bit grey, RGB, RGBA or palette raster image as grey float32 (rows, columns).
 
     The size in the header is checked against ``max_pixels`` before any pixel is decoded.
+
+    Raises:
+        ImageTooLargeError: the header announces more than ``max_pixels`` pixels.
+        RadiographReadError: anything else wrong with the file; no other exception type escapes.
     """
+    try:
+        return _read_raster(path, max_pixels)
+    except RadiographReadError:
+        raise
+    except Exception as e:  # a hostile file can make Pillow raise almost anything
+        raise RadiographReadError(path, f"malformed image file ({type(e).__name__}: {e})") from e
+
+
+def _read_raster(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
     try:
         with warnings.catch_warnings():
             # PIL's own bomb warning would fire before our clearer error.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(path, f"{e}") from e
+        # Pillow refuses above twice its own MAX_IMAGE_PIXELS, before our limit could be checked.
+        raise ImageTooLargeError(
+            path,
+            f"the header announces more pixels than Pillow allows ({e}); the limit here is {max_pixels} "
+            "pixels (LUNGSEG_MAX_PIXELS)",
+        ) from e
     except Exception as e:
         raise RadiographReadError(path, f"not a readable image ({type(e).__name__}: {e})") from e
     with img:

@@ -11,6 +11,7 @@ import os
 
 import torch
 import torchvision
+from torchvision.models import vgg
 from monai.networks.blocks import BaseEncoder
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
@@ -108,24 +109,23 @@ class TorchvisionVGG16Encoder(nn.Module, BaseEncoder):
     ) -> None:
         super().__init__()
         _check_2d(spatial_dims)
-        net = torchvision.models.vgg16_bn(weights=None)
+        # Only the convolutional part: the 100M-parameter classifier is never used.
+        self.features = vgg.make_layers(vgg.cfgs["D"], batch_norm=True)
         if pretrained or weights_path is not None:
-            net.load_state_dict(load_imagenet_state_dict(self.arch, weights_path))
-        patch_first_conv(net.features[0], in_channels)
-        # Keep torchvision's module indices so ImageNet state-dict keys map one to one.
-        self.features = net.features
+            state = load_imagenet_state_dict(self.arch, weights_path)
+            prefix = "features."
+            self.features.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        patch_first_conv(self.features[0], in_channels)
         self._pool_indices = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, C, H, W) -> five maps of (B, 128|256|512|512|512, H/2..H/32, W/2..W/32)."""
-        stage_outputs = []
-        start = 0
-        for pool_index in self._pool_indices:
-            for layer in self.features[start:pool_index]:
-                x = layer(x)
-            stage_outputs.append(x)  # before pooling: strides 1, 2, 4, 8, 16
-            x = self.features[pool_index](x)
-            start = pool_index + 1
+        stage_outputs: list[torch.Tensor] = []
+        # One loop over the layers (TorchScript cannot slice a Sequential by computed indices).
+        for index, layer in enumerate(self.features):
+            if index in self._pool_indices:
+                stage_outputs.append(x)  # before pooling: strides 1, 2, 4, 8, 16
+            x = layer(x)
         return stage_outputs[1:] + [x]
 
     @classmethod

@@ -65,6 +65,7 @@ class LungUNet(FlexibleUNet):
             dropout=dropout,
         )
         self.backbone_name = backbone
+        self.size_divisor = SIZE_DIVISOR
         if pretrained or weights_path is not None:
             # Rebuild the encoder from ImageNet weights; FlexibleUNet cannot pass a file path.
             self.encoder = _ENCODER_TYPES[backbone](
@@ -72,13 +73,18 @@ class LungUNet(FlexibleUNet):
             )
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, out_channels, H, W) logits, for any H and W."""
-        height, width = inputs.shape[-2:]
-        pad_h = (-height) % SIZE_DIVISOR
-        pad_w = (-width) % SIZE_DIVISOR
-        if pad_h or pad_w:
-            inputs = F.pad(inputs, (0, pad_w, 0, pad_h), mode="replicate")
-        logits = super().forward(inputs)
+        """(B, C, H, W) -> (B, out_channels, H, W) logits, for any H and W.
+
+        Written for ``torch.jit.script`` (the bundle's ``ckpt_export``): no ``super()`` call and
+        no closed-over globals; the body is FlexibleUNet's forward around the padding.
+        """
+        height, width = inputs.shape[-2], inputs.shape[-1]
+        pad_h = (-height) % self.size_divisor
+        pad_w = (-width) % self.size_divisor
+        if pad_h > 0 or pad_w > 0:
+            inputs = F.pad(inputs, [0, pad_w, 0, pad_h], mode="replicate")
+        features = self.encoder(inputs)
+        logits = self.segmentation_head(self.decoder(features, self.skip_connect))
         return logits[..., :height, :width]
 
 

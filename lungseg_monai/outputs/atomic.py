@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +16,21 @@ import numpy as np
 from PIL import Image
 
 __all__ = ["atomic_path", "save_png"]
+
+
+def _new_empty_file(folder: Path, prefix: str, suffix: str) -> Path:
+    """Create a new, uniquely named empty file with the umask's permissions.
+
+    ``tempfile.mkstemp`` would make it 0600, and the rename would hand that to the output,
+    hiding results from the other accounts (PACS forwarders, viewers) that must read them.
+    """
+    while True:
+        path = folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
 
 
 @contextlib.contextmanager
@@ -27,9 +42,7 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = suffix if suffix is not None else "".join(target.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_empty_file(target.parent, f".{target.name}.", f".tmp{suffix}")
     try:
         yield tmp
         os.replace(tmp, target)
@@ -38,9 +51,16 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
             tmp.unlink()
 
 
-def save_png(array: np.ndarray, target: str | os.PathLike) -> Path:
-    """Save a (rows, columns) uint8 or (rows, columns, 3) RGB array as PNG, atomically."""
+# zlib level PIL uses by default.
+DEFAULT_PNG_COMPRESSION = 6
+
+
+def save_png(array: np.ndarray, target: str | os.PathLike, compress_level: int = DEFAULT_PNG_COMPRESSION) -> Path:
+    """Save a (rows, columns) uint8 or (rows, columns, 3) RGB array as PNG, atomically.
+
+    ``compress_level`` (0-9) trades speed for size; the pixels are the same at every level.
+    """
     target = Path(target)
     with atomic_path(target) as tmp:
-        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG", compress_level=compress_level)
     return target

@@ -1,0 +1,117 @@
+"""``lungseg infer``: segment the lungs on radiograph files, folders and DICOM studies."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from lungseg_monai.inference.runner import DEFAULT_BATCH_SIZE, DEFAULT_FORMATS, DEFAULT_WORKERS, FORMATS
+from lungseg_monai.inference.transforms import DEFAULT_MIN_SIZE_FRACTION, DEFAULT_NUM_COMPONENTS, CleanLungMask
+
+__all__ = ["add_parser", "run"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``infer`` and its arguments; ``func`` runs it and returns the exit code."""
+    parser = subparsers.add_parser(
+        "infer",
+        help="segment the lungs on PNG/JPEG/DICOM radiographs, folders and DICOM studies",
+        description=(
+            "Segment the lungs on chest radiographs. INPUT is a file, a folder (searched recursively) or a DICOM "
+            "study folder. Writes OUT_DIR/masks/NAME.png (0/255, the input's size), overlays/NAME.png, "
+            "nifti/NAME.nii.gz, dicomseg/NAME.dcm (DICOM inputs) and measurements.csv; NAME is the "
+            "SOPInstanceUID for DICOM, else the file name. Exit code 1 if any file failed."
+        ),
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder or DICOM study folder")
+    parser.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR", help="where outputs go")
+    parser.add_argument(
+        "--model", required=True, help="the bundle's models/model.pt (model.json beside it) or an exported model.ts"
+    )
+    parser.add_argument(
+        "--formats",
+        default=",".join(DEFAULT_FORMATS),
+        help=f"comma-separated outputs among {','.join(FORMATS)} (default: %(default)s; dicomseg for DICOM inputs)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="rewrite outputs that exist (default: keep them)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per network call")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help="threads for reading and for writing (each)"
+    )
+    parser.add_argument(
+        "--no-postprocess",
+        action="store_true",
+        help="write the raw thresholded prediction (default: keep the two largest regions, drop specks, fill holes)",
+    )
+    parser.add_argument(
+        "--keep-components", type=int, default=None, metavar="N", help="largest regions kept (default: 2)"
+    )
+    parser.add_argument(
+        "--min-size-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="drop regions smaller than this fraction of the image (default: 0.005)",
+    )
+    parser.add_argument("--no-fill-holes", action="store_true", help="do not fill holes in the lungs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _postprocess(args: argparse.Namespace) -> CleanLungMask | None:
+
+    if args.no_postprocess:
+        return None
+    return CleanLungMask(
+        num_components=DEFAULT_NUM_COMPONENTS if args.keep_components is None else args.keep_components,
+        min_size_fraction=DEFAULT_MIN_SIZE_FRACTION if args.min_size_fraction is None else args.min_size_fraction,
+        fill_holes=not args.no_fill_holes,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``lungseg infer`` from parsed arguments; returns the exit code (1 if any file failed)."""
+    from lungseg_monai.engine.checkpoint import CheckpointError
+    from lungseg_monai.inference.runner import parse_formats, segment_files
+
+    try:
+        formats = parse_formats(args.formats)
+        postprocess = _postprocess(args)
+    except ValueError as e:
+        logger.error("%s", e)
+        return EXIT_FAILED
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # highdicom logs each attribute module it copies at INFO; keep the run's log readable.
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
+    with logging_redirect_tqdm():
+        try:
+            summary = segment_files(
+                args.inputs,
+                args.output_dir,
+                args.model,
+                formats=formats,
+                overwrite=args.overwrite,
+                batch_size=args.batch_size,
+                device=args.device,
+                workers=args.workers,
+                postprocess=postprocess,
+                progress=not args.no_progress,
+            )
+        except (CheckpointError, ValueError) as e:
+            logger.error("%s", e)
+            return EXIT_FAILED
+    if summary.found_nothing:
+        logger.error("no radiographs found in %s", ", ".join(f"'{p}'" for p in args.inputs))
+        return EXIT_FAILED
+    for line in summary.report().splitlines():
+        (logger.error if line.startswith("FAILED") else logger.info)(line)
+    return EXIT_OK if summary.ok else EXIT_FAILED

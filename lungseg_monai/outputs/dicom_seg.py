@@ -1,0 +1,197 @@
+"""DICOM Segmentation (SEG) objects of a lung mask, with highdicom (0.22 with pydicom 2.4, and newer).
+
+The SEG references its source radiograph (study, series and SOP instance UIDs, per frame through
+the Derivation Image functional group), carries the source's Patient and General Study modules,
+and has one BINARY segment "Lung" coded SCT 123037004 "Anatomical Structure" / SCT 39607008
+"Lung", so viewers (OHIF, 3D Slicer, PACS) can show it over the source.
+
+Frame of reference: a projection radiograph (CR, DX, secondary capture) usually has none, and its
+SEG then has none either. Its pixels correspond one to one to the source's (PS3.3 A.51.5.1: "If
+the Frame of Reference UID is not present, each pixel of the segmentation shall correspond to a
+pixel in a referenced image"). Inventing a Frame of Reference UID would oblige the SEG to state
+plane positions and orientations the source never had. A source that has one passes its UID on.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from lungseg_monai.outputs.atomic import atomic_path
+
+__all__ = ["LUNG_SEGMENT_LABEL", "lung_segment_description", "make_lung_seg", "save_lung_seg"]
+
+LUNG_SEGMENT_LABEL = "Lung"
+ANATOMICAL_STRUCTURE = ("123037004", "SCT", "Anatomical Structure")
+LUNG = ("39607008", "SCT", "Lung")
+ARTIFICIAL_INTELLIGENCE = ("113037", "DCM", "Artificial Intelligence")
+SEG_SERIES_NUMBER = 1001
+SEG_SERIES_DESCRIPTION = "Lung segmentation (lungseg_monai)"
+MANUFACTURER = "lungseg_monai"
+MODEL_NAME = "LungUNet"
+
+# Type 2 attributes of the Patient and General Study modules that highdicom copies and requires.
+_TYPE2_COPIED = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+_PATIENT_SEX_VALUES = ("M", "F", "O", "")
+# Lossy Image Compression Method (0028,2114) defined terms by transfer syntax.
+_LOSSY_METHOD = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",
+    "1.2.840.10008.1.2.4.91": "ISO_15444_1",
+    "1.2.840.10008.1.2.4.93": "ISO_15444_1",
+    "1.2.840.10008.1.2.4.203": "ISO_15444_15",
+}
+
+
+def lung_segment_description(software_version: str) -> hd.seg.SegmentDescription:
+    """Segment 1, "Lung": SCT Anatomical Structure / Lung, found automatically by an AI algorithm."""
+    return hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=LUNG_SEGMENT_LABEL,
+        segmented_property_category=hd.sr.CodedConcept(*ANATOMICAL_STRUCTURE),
+        segmented_property_type=hd.sr.CodedConcept(*LUNG),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=MODEL_NAME, family=hd.sr.CodedConcept(*ARTIFICIAL_INTELLIGENCE), version=software_version
+        ),
+    )
+
+
+def _source_for_highdicom(source: Dataset, source_size_bytes: int | None) -> tuple[Dataset, str | None]:
+    """A copy of the source header that highdicom accepts for a pixel-aligned 2D segmentation.
+
+    Returns the copy and the source's Frame of Reference UID (or None). The copy has no Frame of
+    Reference (so highdicom references the source per frame instead of by plane geometry, which
+    radiographs lack) and no Pixel Spacing (highdicom 0.22 cannot read back the Pixel Measures it
+    would write without a slice thickness); missing type 2 patient/study attributes are empty, and
+    lossy-compression details highdicom copies are completed from the transfer syntax.
+    """
+    header = copy.deepcopy(source)
+    frame_of_reference = str(header.FrameOfReferenceUID) if "FrameOfReferenceUID" in header else None
+    for keyword in ("FrameOfReferenceUID", "PixelSpacing", "PixelData"):
+        if keyword in header:
+            delattr(header, keyword)
+    for keyword in _TYPE2_COPIED:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    name = str(header.PatientName)
+    if name and "^" not in name:
+        # "Doe" and "Doe^" are the same DICOM person name; without a caret highdicom warns and
+        # prints the name, and patient names must never reach the logs.
+        family, *others = name.split("=", 1)
+        header.PatientName = "=".join([f"{family}^", *others])
+    if str(header.PatientSex).strip().upper() not in _PATIENT_SEX_VALUES:
+        header.PatientSex = ""  # e.g. "U": not a DICOM value, and highdicom refuses it
+    if str(header.get("LossyImageCompression", "")) == "01":
+        syntax = str(getattr(getattr(source, "file_meta", None), "TransferSyntaxUID", ""))
+        if "LossyImageCompressionMethod" not in header and syntax in _LOSSY_METHOD:
+            header.LossyImageCompressionMethod = _LOSSY_METHOD[syntax]
+        if "LossyImageCompressionRatio" not in header and source_size_bytes:
+            # "Approximate lossy compression ratio" (PS3.3 C.7.6.1.1.5): decoded size / file size.
+            decoded = int(header.Rows) * int(header.Columns) * int(header.get("BitsAllocated", 16)) // 8
+            header.LossyImageCompressionRatio = f"{max(1.0, decoded / source_size_bytes):.2f}"
+        if "LossyImageCompressionMethod" not in header or "LossyImageCompressionRatio" not in header:
+            # Unknown details: highdicom would fail; mark the SEG lossy-derived after it is built.
+            header.LossyImageCompression = "00"
+    return header, frame_of_reference
+
+
+def make_lung_seg(
+    mask: np.ndarray,
+    source: Dataset,
+    series_instance_uid: str,
+    software_version: str,
+    source_size_bytes: int | None = None,
+    sop_instance_uid: str | None = None,
+) -> hd.seg.Segmentation:
+    """Build a BINARY DICOM SEG of a (rows, columns) lung mask over its source radiograph.
+
+    Args:
+        mask: (rows, columns); non-zero is lung. Must match the source's Rows x Columns.
+        source: the source image's dataset (pixel data not needed).
+        series_instance_uid: the SEG series (share it between SEGs of one source series).
+        software_version: recorded as the algorithm version and Software Versions.
+        source_size_bytes: size of the source file, used to state an approximate compression
+            ratio when a lossy source does not.
+        sop_instance_uid: the SEG's SOP Instance UID (default: a new one).
+
+    Raises:
+        ValueError: the mask's shape differs from the source's Rows x Columns.
+    """
+    rows, columns = int(source.Rows), int(source.Columns)
+    if tuple(mask.shape) != (rows, columns):
+        raise ValueError(
+            f"mask is {mask.shape[1]}x{mask.shape[0]} but the source DICOM is {columns}x{rows}; "
+            "a SEG must have the source's rows and columns"
+        )
+    header, frame_of_reference = _source_for_highdicom(source, source_size_bytes)
+    lossy_unknown = str(source.get("LossyImageCompression", "")) == "01" and header.LossyImageCompression == "00"
+    seg = hd.seg.Segmentation(
+        source_images=[header],
+        pixel_array=(np.asarray(mask) != 0)[np.newaxis],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[lung_segment_description(software_version)],
+        series_instance_uid=series_instance_uid,
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        instance_number=int(source.get("InstanceNumber", 1) or 1),
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=software_version,
+        device_serial_number="",
+        content_label="LUNG",
+        content_description="Lungs segmented automatically",
+        series_description=SEG_SERIES_DESCRIPTION,
+        omit_empty_frames=False,
+    )
+    if frame_of_reference is not None:
+        seg.FrameOfReferenceUID = frame_of_reference
+        seg.PositionReferenceIndicator = source.get("PositionReferenceIndicator", "")
+    if lossy_unknown:
+        seg.LossyImageCompression = "01"
+    return seg
+
+
+def save_lung_seg(
+    mask: np.ndarray,
+    source_path: str | os.PathLike,
+    target: str | os.PathLike,
+    series_instance_uid: str,
+    software_version: str,
+) -> Path:
+    """Read the source DICOM's header, build :func:`make_lung_seg` and write it atomically.
+
+    Returns:
+        ``target``.
+    """
+    source_path = Path(source_path)
+    source = pydicom.dcmread(str(source_path), stop_before_pixels=True, force=True)
+    seg = make_lung_seg(
+        mask,
+        source,
+        series_instance_uid=series_instance_uid,
+        software_version=software_version,
+        source_size_bytes=source_path.stat().st_size,
+    )
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        seg.save_as(str(tmp))
+    return target

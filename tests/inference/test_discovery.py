@@ -1,0 +1,164 @@
+"""Finding inputs: folders, DICOM studies, non-image objects, lateral views, output names."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA, require_shared
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from lungseg_monai.inference import classify_dicom, discover_inputs, inference_datalist
+
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def write_text_sr(path: Path, study_uid: str) -> Path:
+    """A Basic Text SR (no PixelData) in the given study, as a report beside the images would be."""
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = BASIC_TEXT_SR
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = BASIC_TEXT_SR
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.PatientName = "Test^Report"
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    ds.is_little_endian, ds.is_implicit_VR = True, False  # still honoured (deprecated) by pydicom 3
+    ds.save_as(path, write_like_original=False)
+    return path
+
+
+def copy_with(source: Path, target: Path, **attributes: str) -> Path:
+    """Copy a DICOM file, changing some header attributes (pixel data untouched)."""
+    ds = pydicom.dcmread(source)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.save_as(target)
+    return target
+
+
+@pytest.fixture()
+def study_folder(tmp_path: Path) -> Path:
+    """Real J2K CR + a synthetic SR and a lateral copy of it in the same study, in nested folders."""
+    require_shared()
+    study = tmp_path / "study"
+    (study / "series1").mkdir(parents=True)
+    (study / "reports").mkdir()
+    image = shutil.copy(DICOM_J2K_MONO1, study / "series1" / "IM0001")  # archives often drop the suffix
+    uid = str(pydicom.dcmread(image, stop_before_pixels=True).StudyInstanceUID)
+    write_text_sr(study / "reports" / "report.dcm", uid)
+    copy_with(DICOM_J2K_MONO1, study / "series1" / "IM0002", ViewPosition="LL", SOPInstanceUID=generate_uid())
+    (study / "notes.txt").write_text("not an image")
+    return study
+
+
+def test_study_folder_yields_image_and_notes_for_report_and_lateral(study_folder: Path) -> None:
+    found = discover_inputs([study_folder])
+    source = pydicom.dcmread(DICOM_J2K_MONO1, stop_before_pixels=True)
+    assert [(i.path.name, i.name, i.is_dicom) for i in found.inputs] == [("IM0001", source.SOPInstanceUID, True)]
+    assert found.inputs[0].study_uid == source.StudyInstanceUID
+    assert found.inputs[0].series_uid == source.SeriesInstanceUID
+    reasons = {s.path.name: s.reason for s in found.skipped}
+    assert reasons == {
+        "report.dcm": "SR object without an image (structured report, presentation state, key object, SEG ...)",
+        "IM0002": "lateral view (ViewPosition LL); the model segments frontal (PA/AP) films",
+    }
+    assert found.failed == []
+    assert list(found.series()) == [source.StudyInstanceUID]
+
+
+def test_shared_sop_instance_uid_gets_unique_names_in_order() -> None:
+    require_shared()
+    found = discover_inputs([DICOM_JPEG_SIIM, DICOM_FAKE_MONO1, DICOM_J2K_MONO1])
+    uid = str(pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True).SOPInstanceUID)
+    names = {i.path.name: i.name for i in found.inputs}
+    # Same study and series and instance number: ordered by path, so Fake_ comes first.
+    assert names[DICOM_FAKE_MONO1.name] == uid
+    assert names[DICOM_JPEG_SIIM.name] == f"{uid}_2"
+    assert names[DICOM_J2K_MONO1.name] == str(pydicom.dcmread(DICOM_J2K_MONO1, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_png_names_are_stems_made_unique_and_output_folder_is_not_searched(tmp_path: Path) -> None:
+    for sub in ("a", "b", "out/masks"):
+        (tmp_path / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a" / "chest.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "b" / "Chest.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "out" / "masks" / "chest.png")
+    found = discover_inputs([tmp_path, tmp_path / "a" / "chest.png"], exclude=[tmp_path / "out"])
+    assert [(i.path.relative_to(tmp_path).as_posix(), i.name) for i in found.inputs] == [
+        ("a/chest.png", "chest"),
+        ("b/Chest.png", "Chest_2"),  # unique even on case-insensitive file systems
+    ]
+
+
+def test_missing_path_and_garbage_dicom_are_failures_with_reasons(tmp_path: Path) -> None:
+    (tmp_path / "junk.dcm").write_bytes(b"\x00" * 300)
+    found = discover_inputs([tmp_path / "nope.png", tmp_path / "junk.dcm"])
+    reasons = {s.path.name: s.reason for s in found.failed}
+    assert reasons["nope.png"] == "does not exist"
+    assert reasons["junk.dcm"].startswith("not a")
+    assert found.inputs == []
+
+
+def _header(**attributes: str) -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    ds.PixelData = b"\x00\x00"
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("attributes", "reason"),
+    [
+        ({"Modality": "DX", "ViewPosition": "AP"}, None),
+        ({"Modality": "CR"}, None),
+        ({"Modality": "OT", "SOPClassUID": SECONDARY_CAPTURE, "BodyPartExamined": "CHEST"}, None),
+        ({"Modality": "OT", "SOPClassUID": SECONDARY_CAPTURE}, None),
+        (
+            {"Modality": "OT", "SOPClassUID": SECONDARY_CAPTURE, "BodyPartExamined": "HAND"},
+            "secondary capture of HAND, not of a chest",
+        ),
+        (
+            {"Modality": "CT"},
+            "modality CT is not a chest radiograph (segmented: CR, DX and chest secondary captures)",
+        ),
+        (
+            {"Modality": "DX", "ViewPosition": "RL"},
+            "lateral view (ViewPosition RL); the model segments frontal (PA/AP) films",
+        ),
+    ],
+)
+def test_classify_dicom_headers_synthetic(attributes: dict, reason: str | None) -> None:
+    assert classify_dicom(_header(**attributes)) == reason
+
+
+def test_classify_dicom_without_pixels_is_skipped_synthetic() -> None:
+    ds = pydicom.Dataset()
+    ds.Modality = "CR"
+    assert classify_dicom(ds) == "DICOM object without pixel data (Modality CR); nothing to segment"
+
+
+def test_inference_datalist_uses_images_subfolder_of_a_dataset() -> None:
+    items = inference_datalist(SAMPLE_DATA)
+    assert len(items) == len(list((SAMPLE_DATA / "images").glob("*.png")))
+    assert all(Path(i["image"]).parent.name == "images" for i in items)
+    assert items[0]["name"] == Path(items[0]["image"]).stem
+
+
+def test_inference_datalist_of_empty_folder_names_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no radiographs to segment under"):
+        inference_datalist(tmp_path)

@@ -1,0 +1,51 @@
+"""Boolean bundle flags given on the command line (where MONAI passes them on as strings)."""
+
+from __future__ import annotations
+
+import pytest
+from monai.bundle import ConfigParser
+
+from lungseg_monai.bundle_utils import as_bool
+
+from conftest import TRAIN_CONFIG
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (True, True),
+        (False, False),
+        ("true", True),
+        ("False", False),
+        (" yes ", True),
+        ("off", False),
+        (1, True),
+        (0, False),
+    ],
+)
+def test_as_bool_reads_command_line_spellings(value: bool | int | str, expected: bool) -> None:
+    assert as_bool(value) is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", "", 2, None])
+def test_as_bool_refuses_anything_else(value: object) -> None:
+    with pytest.raises(ValueError, match=f"resume must be true or false, got {value!r}"):
+        as_bool(value, "resume")  # type: ignore[arg-type]
+
+
+def _training_checkpoint_index(parser: ConfigParser) -> int:
+    handlers = parser["train"]["handlers"]
+    return next(
+        i
+        for i, h in enumerate(handlers)
+        if isinstance(h, dict) and h.get("_target_", "").endswith("TrainingCheckpoint")
+    )
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("false", False), ("true", True), (False, False)])
+def test_resume_flag_reaches_the_training_checkpoint_as_a_bool(flag: str | bool, expected: bool) -> None:
+    parser = ConfigParser()
+    parser.read_config(str(TRAIN_CONFIG))
+    parser["resume"] = flag
+    index = _training_checkpoint_index(parser)
+    assert parser.get_parsed_content(f"train#handlers#{index}#resume") is expected

@@ -1,0 +1,83 @@
+"""Datalists and splits on the embedded real sample and the shared dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import SAMPLE_DATA, SHARED_CXR, require_shared
+
+from lungseg_monai.data import datalist_from_folder, load_datalist, prepare_splits, split_datalist
+
+
+def test_folder_pairs_images_and_masks_by_name() -> None:
+    items, unpaired = datalist_from_folder(SAMPLE_DATA)
+    assert len(items) == 36
+    assert unpaired == {"images_without_mask": [], "masks_without_image": []}
+    for item in items:
+        assert Path(item["image"]).name == Path(item["label"]).name
+        assert Path(item["image"]).parent.name == "images" and Path(item["label"]).parent.name == "masks"
+
+
+def test_split_is_deterministic_disjoint_and_follows_ratios() -> None:
+    require_shared()
+    items = load_datalist(SHARED_CXR)
+    assert len(items) == 322
+    a = split_datalist(items, (0.5, 0.25, 0.25), seed=0)
+    b = split_datalist(list(reversed(items)), (0.5, 0.25, 0.25), seed=0)
+    assert a == b  # independent of listing order
+    sizes = {k: len(v) for k, v in a.items()}
+    assert sizes == {"training": 162, "validation": 80, "test": 80}
+    names = [set(i["name"] for i in part) for part in a.values()]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    assert set().union(*names) == {i["name"] for i in items}
+    c = split_datalist(items, (0.5, 0.25, 0.25), seed=1)
+    assert c["test"] != a["test"]
+
+
+def test_prepare_splits_writes_a_monai_datalist(tmp_path: Path) -> None:
+    out = tmp_path / "split.json"
+    splits = prepare_splits(SAMPLE_DATA, out, ratios=(0.5, 0.25, 0.25), seed=0)
+    saved = json.loads(out.read_text())
+    assert saved["training"] == splits["training"] and saved["seed"] == 0
+    assert [len(saved[k]) for k in ("training", "validation", "test")] == [18, 9, 9]
+
+
+def test_csv_and_json_datalists_resolve_relative_paths(tmp_path: Path) -> None:
+    items, _ = datalist_from_folder(SAMPLE_DATA)
+    (tmp_path / "list.csv").write_text(
+        "image,label\n" + "".join(f"{i['image']},{i['label']}\n" for i in items[:3])
+    )
+    assert [i["name"] for i in load_datalist(tmp_path / "list.csv")] == [i["name"] for i in items[:3]]
+    shutil.copytree(SAMPLE_DATA, tmp_path / "data")
+    (tmp_path / "data" / "list.json").write_text(
+        json.dumps({"training": [{"image": f"images/{i['name']}.png", "label": f"masks/{i['name']}.png"} for i in items[:2]]})
+    )
+    loaded = load_datalist(tmp_path / "data" / "list.json")
+    assert loaded[0]["image"] == str(tmp_path / "data" / "images" / f"{items[0]['name']}.png")
+
+
+def test_missing_mask_is_reported_and_skipped(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE_DATA, tmp_path / "data")
+    victim = sorted((tmp_path / "data" / "masks").glob("*.png"))[0]
+    victim.unlink()
+    items, unpaired = datalist_from_folder(tmp_path / "data")
+    assert len(items) == 35
+    assert unpaired["images_without_mask"] == [victim.stem]
+
+
+def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(ValueError, match=r"no image/mask pairs in '.*': 0 images in '.*images', 0 masks"):
+        datalist_from_folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="expected '.*/images/' and '.*/masks/'"):
+        datalist_from_folder(tmp_path / "nowhere")
+
+
+def test_too_few_pairs_for_a_split_is_a_clear_error() -> None:
+    items, _ = datalist_from_folder(SAMPLE_DATA)
+    with pytest.raises(ValueError, match="2 pairs are too few"):
+        split_datalist(items[:2], (0.5, 0.25, 0.25))
