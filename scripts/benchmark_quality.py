@@ -147,6 +147,42 @@ def _fmt(stats: dict[str, Any], key: str) -> str:
     return "n/a" if value is None else f"{float(value):.4f}"
 
 
+def score_cli_masks(bundle_root: Path, log_path: Path, env: dict[str, str]) -> tuple[dict[str, Any], str, float]:
+    """Run ``lungseg infer`` (default post-processing) on the test split and score its masks.
+
+    This is the Dice of what a user gets from the command line, as opposed to the bundle's
+    evaluation of the raw thresholded network output. Returns (summary, command, seconds).
+
+    Raises:
+        RuntimeError: ``lungseg infer`` failed or did not write a mask for a test image.
+    """
+    from lungseg_monai.evaluation.metrics import segmentation_metrics
+    from lungseg_monai.evaluation.report import summarise
+    from lungseg_monai.io import read_mask
+
+    test = json.loads((bundle_root / "models" / "datalist_split.json").read_text())["test"]
+    out_dir = bundle_root / "cli_test"
+    cmd = [
+        sys.executable, "-m", "lungseg_monai.cli", "infer", *(item["image"] for item in test),
+        "-o", str(out_dir), "--model", str(bundle_root / "models" / "model.pt"), "--formats", "mask", "--overwrite",
+        "--no-progress",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    code, _ = run_logged(cmd, log_path, env, None)
+    seconds = time.perf_counter() - start
+    if code != 0:
+        raise RuntimeError(f"lungseg infer on the test split exited {code}; see {log_path}")
+    rows = []
+    for item in test:
+        mask_path = out_dir / "masks" / Path(item["image"]).name
+        if not mask_path.is_file():
+            raise RuntimeError(f"lungseg infer wrote no mask '{mask_path}' for test image '{item['image']}'")
+        values = segmentation_metrics(read_mask(mask_path).pixels, read_mask(item["label"]).pixels)
+        rows.append({"name": Path(item["image"]).name, "image": item["image"], **values})
+    shown = display_command([*cmd[:4], "TEST_IMAGES...", *cmd[4 + len(test):]])
+    return summarise(rows), shown, seconds
+
+
 def report_section(result: dict[str, Any]) -> str:
     """Markdown for one backbone's result (appended to BENCHMARKS.md)."""
     summary = result["summary"]
@@ -171,6 +207,16 @@ def report_section(result: dict[str, Any]) -> str:
         f"- Wall time: training {train_time}, evaluation {result['eval_s'] / 60:.1f} min.",
         f"- Hardware: {result['hardware']}; torch threads {result['threads']}; load average at start {result['load_start']},"
         f" at end {result['load_end']} (the machine is shared).",
+    ]
+    if result.get("cli_summary"):
+        cli = result["cli_summary"]["dice"]
+        lines += [
+            f"- Through `lungseg infer` (its default post-processing: largest components kept, holes filled) on the"
+            f" same test images: Dice mean {cli['mean']:.4f}, median {cli['median']:.4f}, min {cli['min']:.4f}"
+            f" ({result['cli_s'] / 60:.1f} min; `{result['cli_command']}`, TEST_IMAGES = the test split in"
+            " `models/datalist_split.json`).",
+        ]
+    lines += [
         "- Commands:",
         "",
         "```",
@@ -222,6 +268,7 @@ def benchmark_backbone(args: argparse.Namespace, backbone: str, overrides: list[
     if code != 0 or not summary_path.is_file():
         raise RuntimeError(f"evaluating {backbone} failed (exit {code}); see {log_path}")
     summary = json.loads(summary_path.read_text())
+    cli_summary, cli_command, cli_s = score_cli_masks(bundle_root, log_path, env) if args.cli else (None, "", 0.0)
     card = json.loads(model_path.with_suffix(".json").read_text())
     metrics_csv = (bundle_root / "eval" / "metrics.csv").read_text()
     return {
@@ -233,6 +280,9 @@ def benchmark_backbone(args: argparse.Namespace, backbone: str, overrides: list[
         "distance_unit": "mm" if ",mm" in metrics_csv else "pixel",
         "epochs_run": epochs_run(log_path) or "not in the log",
         "time_limited": time_limited,
+        "cli_summary": cli_summary,
+        "cli_command": cli_command,
+        "cli_s": cli_s,
         "skipped_training": args.skip_training,
         "train_s": train_s,
         "eval_s": eval_s,
@@ -256,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the subprocesses")
     parser.add_argument("--time_limit_min", type=float, default=None, help="stop training after this long, evaluate the best model")
     parser.add_argument("--skip_training", action="store_true", help="evaluate the model already in WORK_DIR/BACKBONE")
+    parser.add_argument("--cli", action="store_true", help="also score `lungseg infer` masks on the test split")
     parser.add_argument("--quick", action="store_true", help="smoke test: sample data, 64 px, 1 epoch")
     return parser
 

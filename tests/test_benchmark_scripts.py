@@ -49,7 +49,7 @@ def test_quality_quick_evaluates_a_trained_bundle_and_appends_its_numbers(traine
     shutil.copytree(trained_bundle / "models", work / "resnet50" / "models")
     report = tmp_path / "BENCHMARKS.md"
     code = benchmark_quality.main(
-        ["--quick", "--skip_training", "--backbone", "resnet50", "--work_dir", str(work), "--report", str(report)]
+        ["--quick", "--skip_training", "--cli", "--backbone", "resnet50", "--work_dir", str(work), "--report", str(report)]
     )
     assert code == 0
     summary = json.loads((work / "resnet50" / "eval" / "summary.json").read_text())
@@ -57,6 +57,9 @@ def test_quality_quick_evaluates_a_trained_bundle_and_appends_its_numbers(traine
     assert text.startswith("# Benchmarks\n\n### Quality: resnet50 U-Net (")
     assert f"| Dice | {summary['dice']['mean']:.4f} | {summary['dice']['median']:.4f} | {summary['dice']['min']:.4f} |" in text
     assert f"Test split: {summary['n_images']} images of `bundles/lung_cxr_segmentation/sample_data`" in text
+    # --cli: `lungseg infer` wrote one mask per test image and its Dice is reported
+    assert len(list((work / "resnet50" / "cli_test" / "masks").glob("*.png"))) == summary["n_images"]
+    assert re.search(r"- Through `lungseg infer` .* Dice mean \d\.\d{4}, median \d\.\d{4}, min \d\.\d{4}", text)
 
 
 def test_quality_skip_training_without_a_model_fails_naming_the_path(tmp_path: Path, capsys: pytest.CaptureFixture):
