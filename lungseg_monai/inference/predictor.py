@@ -132,6 +132,17 @@ def read_model_card(model_path: str | os.PathLike) -> ModelCard:
         )
     else:
         card, source = _card_from_bundle(model_path), "the bundle's configs/train.json"
+        if card and "image_size" in card:
+            # train.json holds defaults: a run trained with --image_size/--backbone overrides would differ.
+            logger.warning(
+                "'%s' has no '%s' beside it; using image_size %s and backbone %s from %s, which is right only "
+                "if the model was trained without overriding them",
+                model_path,
+                sidecar.name,
+                card.get("image_size"),
+                card.get("backbone"),
+                source,
+            )
     if not card or "image_size" not in card:
         raise CheckpointError(
             f"cannot tell the image size '{model_path}' was trained at: no '{sidecar.name}' beside it, no bundle "
