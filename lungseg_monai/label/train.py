@@ -23,10 +23,9 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 import lungseg_monai
-from lungseg_monai.data import file_stem, split_datalist
+from lungseg_monai.data import check_pair, file_stem, split_datalist
 from lungseg_monai.engine.checkpoint import load_network_weights
 from lungseg_monai.inference import read_model_card
-from lungseg_monai.io import RadiographReadError, read_mask, read_radiograph
 from lungseg_monai.label.errors import BadRequestError
 from lungseg_monai.label.models import ModelStore
 from lungseg_monai.outputs import atomic_path
@@ -107,17 +106,9 @@ def usable_pairs(items: Sequence[Mapping[str, str]]) -> tuple[list[dict[str, str
     """
     good, skipped = [], []
     for item in items:
-        try:
-            mask = read_mask(item["label"])
-            image = read_radiograph(item["image"], polarity="header")
-        except RadiographReadError as e:
-            skipped.append(str(e))
-            continue
-        if mask.shape != image.shape:
-            skipped.append(
-                f"label '{item['label']}' is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                f"{image.shape[1]}x{image.shape[0]}"
-            )
+        reason = check_pair(item)  # the same check training applies to every dataset
+        if reason is not None:
+            skipped.append(reason)
             continue
         good.append({"image": item["image"], "label": item["label"], "name": file_stem(item["image"])})
     for reason in skipped:

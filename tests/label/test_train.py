@@ -71,7 +71,9 @@ def test_usable_pairs_skips_unreadable_and_mismatched_labels_real_image(tmp_path
     assert good == [{**items[0], "name": "1052b0fe"}]
     assert len(skipped) == 2
     assert skipped[0].startswith(f"cannot read '{tmp_path / 'garbage.png'}'")
-    assert skipped[1] == f"label '{tmp_path / 'small.png'}' is 12x10 but its image is 512x512"
+    assert skipped[1].endswith(
+        f"mask '{tmp_path / 'small.png'}' is 12x10 but image '{image}' is 512x512; masks must match their image"
+    )
 
 
 def test_find_train_config_prefers_explicit_then_the_models_bundle_then_the_repo(tmp_path: Path) -> None:
