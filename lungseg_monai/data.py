@@ -308,12 +308,13 @@ def prepare_splits(
         ValueError: no usable training pair is left.
     """
     output_file = Path(output_file)
-    previous = _saved_split(output_file, dataset_dir, ratios, seed)
-    if previous is not None:
+    splits = _saved_split(output_file, dataset_dir, ratios, seed)
+    reused = splits is not None
+    if reused:
         # Evaluation and resumed runs must see the parts training saw, even if files were added since.
         logger.info("reusing the split saved in '%s' (same dataset, ratios and seed)", output_file)
-        return previous
-    splits = split_datalist(load_datalist(dataset_dir), ratios=ratios, seed=seed)
+    else:
+        splits = split_datalist(load_datalist(dataset_dir), ratios=ratios, seed=seed)
     excluded: list[BadPair] = []
     if check_files:
         checked = {part: _partition_pairs(items, num_workers=num_workers) for part, items in splits.items()}
@@ -325,6 +326,8 @@ def prepare_splits(
                 raise ValueError(
                     f"no usable {part} pair is left in '{dataset_dir}' after leaving out {len(excluded)} bad pairs"
                 )
+    if reused:
+        return splits  # training's record stays as it wrote it
     record = {
         "dataset_dir": str(Path(dataset_dir).resolve()),
         "ratios": list(ratios),

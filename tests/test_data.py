@@ -81,3 +81,20 @@ def test_too_few_pairs_for_a_split_is_a_clear_error() -> None:
     items, _ = datalist_from_folder(SAMPLE_DATA)
     with pytest.raises(ValueError, match="2 pairs are too few"):
         split_datalist(items[:2], (0.5, 0.25, 0.25))
+
+
+def test_reused_split_is_still_checked_file_by_file(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE_DATA, tmp_path / "data")
+    record = tmp_path / "split.json"
+    first = prepare_splits(tmp_path / "data", record)
+    saved = record.read_text()
+    good = first["training"][0]
+    shutil.copy(good["image"], tmp_path / "data" / "images" / "zz_new.png")  # a pair added after training
+    shutil.copy(good["label"], tmp_path / "data" / "masks" / "zz_new.png")
+    broken = Path(first["test"][0]["image"])
+    broken.write_bytes(b"broken after training")
+    again = prepare_splits(tmp_path / "data", record)
+    assert again["training"] == first["training"]  # same parts: the added pair is not mixed in
+    assert "zz_new" not in {i["name"] for part in again.values() for i in part}
+    assert [i["name"] for i in again["test"]] == [i["name"] for i in first["test"][1:]]  # broken pair left out
+    assert record.read_text() == saved
