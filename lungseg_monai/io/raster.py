@@ -6,6 +6,7 @@ PIL and pydicom use, so an image and a mask read here never disagree about orien
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,10 @@ from PIL import Image
 from lungseg_monai.io.errors import ImageTooLargeError, RadiographReadError
 
 __all__ = ["read_raster", "read_volume_file", "RASTER_SUFFIXES", "VOLUME_SUFFIXES"]
+
+# warnings.catch_warnings swaps process-wide filters: readers in other threads must not interleave
+# with it, or one of them restores a stale filter list. Only the header-reading open is guarded.
+_WARNING_FILTER_LOCK = threading.Lock()
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 VOLUME_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii", ".nii.gz")
@@ -40,7 +45,7 @@ def read_raster(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[str
 
 def _read_raster(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
     try:
-        with warnings.catch_warnings():
+        with _WARNING_FILTER_LOCK, warnings.catch_warnings():
             # PIL's own bomb warning would fire before our clearer error.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
@@ -62,16 +67,16 @@ def _read_raster(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[st
         if width < 1 or height < 1:
             raise RadiographReadError(path, f"image has no pixels ({width}x{height})")
         mode = img.mode
+        # Decoding needs no warning filter: for these formats Pillow checks the size in open() only,
+        # and the default limit here (8192**2) is below the size at which Pillow warns.
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                    pixels = np.asarray(img).astype(np.float32)
-                    bits = 16 if mode.startswith("I;16") or pixels.max(initial=0) > 255 else 8
-                elif mode == "L":
-                    pixels, bits = np.asarray(img).astype(np.float32), 8
-                else:  # RGB, RGBA, P, LA, CMYK, 1: luminance
-                    pixels, bits = np.asarray(img.convert("L")).astype(np.float32), 8
+            if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                pixels = np.asarray(img).astype(np.float32)
+                bits = 16 if mode.startswith("I;16") or pixels.max(initial=0) > 255 else 8
+            elif mode == "L":
+                pixels, bits = np.asarray(img).astype(np.float32), 8
+            else:  # RGB, RGBA, P, LA, CMYK, 1: luminance
+                pixels, bits = np.asarray(img.convert("L")).astype(np.float32), 8
         except Exception as e:  # truncated or corrupt pixel data
             raise RadiographReadError(path, f"pixel data cannot be decoded ({type(e).__name__}: {e})") from e
     if pixels.ndim != 2:

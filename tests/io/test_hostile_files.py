@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import resource
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,24 @@ def test_image_above_our_limit_but_below_pillows_is_refused_with_its_size(tmp_pa
     side = 9000  # 81 Mpx: over DEFAULT_MAX_PIXELS (67 Mpx), under Pillow's own refusal (179 Mpx)
     error = refusal(png_with_header_size(tmp_path / "big.png", side, side), ImageTooLargeError)
     assert error.reason == f"{side}x{side} pixels exceeds the limit of {DEFAULT_MAX_PIXELS} (LUNGSEG_MAX_PIXELS)"
+
+
+def test_reading_in_threads_leaves_the_warning_filters_as_they_were(png_files: dict[str, Path]) -> None:
+    # The reader silences Pillow's bomb warning with catch_warnings, which swaps process-wide state;
+    # interleaved threads used to restore each other's stale filter lists.
+    before = list(warnings.filters)
+    paths = [sample_image(), png_files["bomb"]] * 200
+
+    def read(path: Path) -> str:
+        try:
+            return str(read_radiograph(path).shape)
+        except ImageTooLargeError:
+            return "refused"
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(read, paths))
+    assert results.count("refused") == 200
+    assert warnings.filters == before
 
 
 def test_pixel_limit_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
