@@ -164,7 +164,7 @@ def fine_tune(
         "intensity_mean": card["intensity_mean"],
         "intensity_std": card["intensity_std"],
         "image_size": int(params["image_size"]) or int(card["image_size"]),
-        "model_card#threshold": card["threshold"],
+        "threshold": card["threshold"],
         "pretrained": False,
         "resume": False,
         "max_epochs": int(params["max_epochs"]),
