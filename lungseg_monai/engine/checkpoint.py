@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import re
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
+# The attributes of a MONAI warm-up schedule (a LambdaLR, so its learning rate is a closed form of the
+# epoch) that come from the config rather than from training progress.
+_SCHEDULE_SHAPE = ("t_total", "warmup_steps", "warmup_multiplier", "cycles", "end_lr")
 
 # How torch names the global a refused pickle wanted to load: "GLOBAL posix.system".
 _UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
@@ -373,8 +378,39 @@ class TrainingCheckpoint:
             raise CheckpointError(f"checkpoint '{self.save_path}' lacks {missing}; cannot resume from it")
         max_epochs = engine.state.max_epochs
         for name, obj in self._objects().items():
-            obj.load_state_dict(state[name])
+            if isinstance(obj, torch.optim.lr_scheduler.LambdaLR):
+                _load_keeping_schedule(obj, state[name])
+            else:
+                obj.load_state_dict(state[name])
         if "rng" in state:
             _set_rng_state(state["rng"])
         engine.state.max_epochs = max_epochs  # a resumed run may be given a longer schedule
         logger.info("resumed from '%s' at epoch %d", self.save_path, engine.state.epoch)
+
+
+def _load_keeping_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, state: Mapping[str, Any]) -> None:
+    """Resume a schedule's progress but keep its configured shape.
+
+    ``load_state_dict`` would restore the saved ``t_total``: resumed with a larger ``max_epochs``,
+    the cosine would pass its end and climb back up. The epoch reached is kept; the learning rate
+    for it is recomputed from the schedule configured now.
+    """
+    configured = {k: getattr(scheduler, k) for k in _SCHEDULE_SHAPE if hasattr(scheduler, k)}
+    scheduler.load_state_dict(state)
+    changed = {k: (getattr(scheduler, k), v) for k, v in configured.items() if getattr(scheduler, k) != v}
+    if not changed:
+        return
+    for k, v in configured.items():
+        setattr(scheduler, k, v)
+    with warnings.catch_warnings():  # get_lr outside step() warns; here it is the point
+        warnings.simplefilter("ignore", UserWarning)
+        lrs = scheduler.get_lr()
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)
+    logger.info(
+        "resumed learning-rate schedule follows the configured %s (checkpoint had %s); learning rate now %s",
+        {k: new for k, (_, new) in changed.items()},
+        {k: old for k, (old, _) in changed.items()},
+        lrs,
+    )

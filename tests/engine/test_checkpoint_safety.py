@@ -225,3 +225,33 @@ def test_global_random_states_round_trip_through_a_safe_checkpoint(tmp_path: Pat
     assert torch.equal(again[0], expected[0])
     np.testing.assert_array_equal(again[1], expected[1])
     assert again[2:] == expected[2:]
+
+
+def _lr_per_epoch(tmp_path: Path, max_epochs: int, resume: bool) -> list[float]:
+    """Learning rate of each epoch of a toy run with the bundle's warm-up + cosine, stepped per epoch."""
+    from ignite.engine import Engine, Events
+    from monai.optimizers import WarmupCosineSchedule
+
+    from lungseg_monai.engine import TrainingCheckpoint
+
+    net = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    schedule = WarmupCosineSchedule(optimizer, warmup_steps=1, t_total=max_epochs, warmup_multiplier=0.1, end_lr=1e-5)
+    trainer = Engine(lambda engine, batch: optimizer.step())
+    lrs: list[float] = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda _: lrs.append(optimizer.param_groups[0]["lr"]))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: schedule.step())
+    save_dict = {"network": net, "optimizer": optimizer, "lr_scheduler": schedule}
+    TrainingCheckpoint(tmp_path / "last.pt", save_dict, resume=resume).attach(trainer)
+    trainer.run([0], max_epochs=max_epochs)
+    return lrs
+
+
+def test_resume_with_more_epochs_stretches_the_schedule_instead_of_restarting_the_cosine(tmp_path: Path) -> None:
+    _lr_per_epoch(tmp_path / "resumed", max_epochs=4, resume=False)
+    resumed = _lr_per_epoch(tmp_path / "resumed", max_epochs=8, resume=True)
+    reference = _lr_per_epoch(tmp_path / "reference", max_epochs=8, resume=False)
+    assert len(resumed) == 4  # epochs 5..8
+    # The epoch reached is kept; from there the run follows the 8-epoch cosine, still decreasing.
+    np.testing.assert_allclose(resumed, reference[4:], rtol=1e-9)
+    assert resumed == sorted(resumed, reverse=True)
