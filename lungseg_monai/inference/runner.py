@@ -2,7 +2,7 @@
 
 Reading and decoding (thread pool) overlaps the network (main thread, batches), which overlaps
 resizing, post-processing and writing (second thread pool). Every output is written atomically,
-existing outputs are kept unless ``overwrite``, and a file that fails is reported with its reason
+outputs newer than their input and the model are kept unless ``overwrite``, and a file that fails is reported with its reason
 while the others go on.
 
 Layout of ``output_dir``::
@@ -133,19 +133,37 @@ class _Job:
     measure: bool  # a measurements row is needed
 
 
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
 def _plan(
-    found: Discovery, output_dir: Path, formats: Sequence[str], overwrite: bool, rows: dict[str, Any]
+    found: Discovery,
+    output_dir: Path,
+    formats: Sequence[str],
+    overwrite: bool,
+    rows: dict[str, Any],
+    model_mtime: float | None = None,
 ) -> tuple[list[_Job], list[InferenceInput]]:
+    """Outputs still to write per input. Like make, an existing output is kept only when it is newer
+    than its input and the model: a replaced image or a retrained model is segmented again."""
     jobs, done = [], []
+    rows_mtime = _mtime(output_dir / MEASUREMENTS_FILE) if rows else None
     for item in found.inputs:
         targets = {
             fmt: output_path(output_dir, fmt, item.name)
             for fmt in formats
             if fmt in _LAYOUT and (fmt != "dicomseg" or item.is_dicom)
         }
+        changed = max(filter(None, (_mtime(Path(item.path)), model_mtime)), default=0.0)
         if not overwrite:
-            targets = {fmt: path for fmt, path in targets.items() if not path.exists()}
-        measure = "measurements" in formats and (overwrite or item.name not in rows)
+            targets = {fmt: path for fmt, path in targets.items() if (_mtime(path) or -1.0) < changed}
+        measure = "measurements" in formats and (
+            overwrite or item.name not in rows or rows_mtime is None or rows_mtime < changed
+        )
         if targets or measure:
             jobs.append(_Job(item, targets, measure))
         else:
@@ -301,7 +319,8 @@ def segment_files(
         model: ``models/model.pt``, an exported ``model.ts``, or a ready :class:`LungSegmenter`.
         formats: any of :data:`FORMATS` (``"mask,overlay"`` or a list); ``dicomseg`` applies to
             DICOM inputs only.
-        overwrite: rewrite outputs that exist (default: keep them and skip that work).
+        overwrite: rewrite outputs that exist (default: keep those newer than their input and the
+            model, and skip that work).
         batch_size: images per network call.
         device: e.g. ``"cpu"``, ``"cuda:0"`` (default: CUDA when available); ignored when
             ``model`` is a LungSegmenter.
@@ -342,7 +361,8 @@ def segment_files(
         )
     measurements_file = output_dir / MEASUREMENTS_FILE
     rows = read_measurements(measurements_file) if "measurements" in formats else {}
-    jobs, summary.up_to_date = _plan(found, output_dir, formats, overwrite, rows)
+    model_mtime = None if isinstance(model, LungSegmenter) else _mtime(Path(model))
+    jobs, summary.up_to_date = _plan(found, output_dir, formats, overwrite, rows, model_mtime)
     if summary.up_to_date:
         logger.info(
             "%d input(s) already have all outputs in '%s'; kept (--overwrite redoes them)",
