@@ -2,7 +2,8 @@
 
 MONAI Label's ``LocalDatastore`` lists only the extensions it is given (by default NIfTI, NRRD,
 JPEG, PNG, TIFF, SVS), so DICOM files would not appear in ``/datastore``. This one lists every
-format ``lungseg_monai.io`` reads (lower- and upper-case suffixes), and checks what clients send:
+format ``lungseg_monai.io`` reads (lower- and upper-case suffixes) and DICOM files without a suffix
+(``IM0001``, ``1.2.840....``, as PACS exports name them), and checks what clients send:
 an uploaded image must be a readable radiograph, and a label must be a readable mask of exactly the
 image's size, or the request is refused with a 4xx answer naming the problem.
 """
@@ -10,11 +11,12 @@ image's size, or the request is refused with a 4xx answer naming the problem.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from monailabel.datastore.local import LocalDatastore
 
-from lungseg_monai.io import SUPPORTED_SUFFIXES, RadiographReadError, read_mask, read_radiograph
+from lungseg_monai.io import SUPPORTED_SUFFIXES, RadiographReadError, is_dicom_file, read_mask, read_radiograph
 from lungseg_monai.label.errors import BadRequestError, ImageNotFoundError
 
 __all__ = ["RadiographDatastore", "IMAGE_PATTERNS"]
@@ -27,7 +29,10 @@ IMAGE_PATTERNS = tuple(dict.fromkeys(f"*{s}" for suffix in SUPPORTED_SUFFIXES fo
 class RadiographDatastore(LocalDatastore):
     """Images are the radiograph files directly in ``studies``; labels go to ``studies/labels/<tag>/``.
 
-    An image's id is its file name without the suffix (``chest.dcm`` -> ``chest``).
+    An image's id is its file name without the suffix (``chest.dcm`` -> ``chest``); a DICOM file
+    without a suffix keeps its whole name (``1.2.840.1.5`` -> ``1.2.840.1.5``). Those are found when
+    the folder is scanned (at start, and on each change to a file with a suffix): the folder watcher
+    only matches suffixes.
 
     Args:
         studies: the folder of images.
@@ -37,6 +42,20 @@ class RadiographDatastore(LocalDatastore):
 
     def __init__(self, studies: str, auto_reload: bool = True, read_only: bool = False) -> None:
         super().__init__(studies, extensions=IMAGE_PATTERNS, auto_reload=auto_reload, read_only=read_only)
+
+    def _list_files(self, path: str, patterns: Any) -> dict[str, str]:
+        files = super()._list_files(path, patterns)
+        for name in sorted(os.listdir(path)):
+            full = os.path.join(path, name)
+            if name not in files and not name.startswith(".") and os.path.isfile(full) and is_dicom_file(full):
+                files[name] = name
+        return files
+
+    def _to_id(self, file: str) -> tuple[str, str]:
+        # MONAI Label would take everything after the first dot as the suffix: "1.2.840.5" -> id "1".
+        if not file.lower().endswith(SUPPORTED_SUFFIXES):
+            return file, ""
+        return super()._to_id(file)
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         """Add an uploaded image after checking that it reads as a radiograph.

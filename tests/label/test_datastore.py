@@ -34,6 +34,28 @@ def test_datastore_lists_dicom_and_upper_case_suffixes_real_files(studies: Path)
     assert datastore.get_image_uri("SIIM2") == str(studies / "SIIM2.DCM")
 
 
+def test_datastore_lists_dicom_files_without_a_suffix_under_their_whole_name_real_files(
+    studies: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    require_shared()
+    uid_name = "1.2.840.113619.2.55.3"  # MONAI Label alone would call this image "1"
+    shutil.copyfile(DICOM_JPEG_SIIM, studies / uid_name)
+    shutil.copyfile(DICOM_JPEG_SIIM, studies / "IM0001")
+    datastore = RadiographDatastore(str(studies), auto_reload=False)
+    assert sorted(datastore.list_images()) == sorted(["1052b0fe", "UPPER", "IM0001", uid_name])  # not notes.txt
+    assert datastore.get_image_uri(uid_name) == str(studies / uid_name)
+
+    from lungseg_monai.io import read_radiograph
+
+    rows, cols = read_radiograph(studies / uid_name).shape
+    label = tmp_path_factory.mktemp("uploads") / "label.png"
+    Image.fromarray(np.zeros((rows, cols), np.uint8)).save(label)
+    datastore.save_label(uid_name, str(label), "final", {})
+    assert datastore.get_label_uri(uid_name, "final") == str(studies / "labels" / "final" / f"{uid_name}.png")
+    reopened = RadiographDatastore(str(studies), auto_reload=False)  # the label is found again by its name
+    assert reopened.get_labeled_images() == [uid_name]
+
+
 def test_save_label_checks_the_label_against_its_image(studies: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     datastore = RadiographDatastore(str(studies), auto_reload=False)
     uploads = tmp_path_factory.mktemp("uploads")
