@@ -79,6 +79,26 @@ def test_vgg16_trains_and_evaluates_through_the_bundle(tmp_path: Path) -> None:
     assert summary["n_images"] == 9
 
 
+def test_training_starts_from_init_weights_when_given(trained_bundle: Path, tmp_path: Path) -> None:
+    # Learning rate 0: the convolution weights must stay exactly those of the file it started from.
+    init = trained_bundle / "models" / "model.pt"
+    proc = run_bundle(
+        "run", "training",
+        "--config_file", str(TRAIN_CONFIG),
+        "--bundle_root", str(tmp_path),
+        "--dataset_dir", str(SAMPLE_DATA),
+        "--image_size", "64",
+        "--max_epochs", "1",
+        "--learning_rate", "0.0",
+        "--init_weights", str(init),
+    )  # fmt: skip
+    assert f"loaded network weights from '{init}'" in proc.stdout + proc.stderr
+    start, after = load_checkpoint(init), load_checkpoint(tmp_path / "models" / "checkpoint_last.pt")["network"]
+    convs = [k for k, v in start.items() if k.endswith("weight") and v.ndim == 4]
+    assert len(convs) > 50
+    assert all(torch.equal(start[k], after[k]) for k in convs)
+
+
 def test_metadata_verifies_offline_against_the_shipped_schema(caplog) -> None:
     caplog.set_level("INFO")
     verify_metadata(

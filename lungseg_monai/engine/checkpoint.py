@@ -127,15 +127,23 @@ def load_network_weights(network: torch.nn.Module, path: str | os.PathLike, map_
 
 
 class NetworkLoader:
-    """Load ``models/model.pt`` into the network when an evaluator starts (MONAI ``CheckpointLoader`` style)."""
+    """Load a ``model.pt`` into the network when an engine starts (MONAI ``CheckpointLoader`` style).
 
-    def __init__(self, load_path: str | os.PathLike, network: torch.nn.Module, map_location: str = "cpu") -> None:
-        self.load_path = Path(load_path)
+    On an evaluator it loads the model to evaluate; on a trainer, the weights to start from
+    (fine-tuning). Attached before :class:`TrainingCheckpoint`, a resumed run still continues from
+    its own checkpoint. ``load_path=None`` does nothing, so a config can leave it unset.
+    """
+
+    def __init__(
+        self, load_path: str | os.PathLike | None, network: torch.nn.Module, map_location: str = "cpu"
+    ) -> None:
+        self.load_path = None if load_path is None else Path(load_path)
         self.network = network
         self.map_location = map_location
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self)
+        if self.load_path is not None:
+            engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
         load_network_weights(self.network, self.load_path, self.map_location)
