@@ -2,8 +2,8 @@
 
 Reading and decoding (thread pool) overlaps the network (main thread, batches), which overlaps
 resizing, post-processing and writing (second thread pool). Every output is written atomically,
-outputs newer than their input and the model are kept unless ``overwrite``, and a file that fails is reported with its reason
-while the others go on.
+outputs newer than their input and the model are kept unless ``overwrite``, and a file that fails
+is reported with its reason while the others go on.
 
 Layout of ``output_dir``::
 
@@ -151,7 +151,7 @@ def _plan(
     """Outputs still to write per input. Like make, an existing output is kept only when it is newer
     than its input and the model: a replaced image or a retrained model is segmented again."""
     jobs, done = [], []
-    rows_mtime = _mtime(output_dir / MEASUREMENTS_FILE) if rows else None
+    rows_mtime = _mtime(output_dir / MEASUREMENTS_FILE) or -1.0
     for item in found.inputs:
         targets = {
             fmt: output_path(output_dir, fmt, item.name)
@@ -161,9 +161,7 @@ def _plan(
         changed = max(filter(None, (_mtime(Path(item.path)), model_mtime)), default=0.0)
         if not overwrite:
             targets = {fmt: path for fmt, path in targets.items() if (_mtime(path) or -1.0) < changed}
-        measure = "measurements" in formats and (
-            overwrite or item.name not in rows or rows_mtime is None or rows_mtime < changed
-        )
+        measure = "measurements" in formats and (overwrite or item.name not in rows or rows_mtime < changed)
         if targets or measure:
             jobs.append(_Job(item, targets, measure))
         else:
