@@ -22,6 +22,7 @@ from conftest import REPO_ROOT, SAMPLE_DATA
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 benchmark_quality = importlib.import_module("benchmark_quality")
 benchmark_speed = importlib.import_module("benchmark_speed")
+resize_ceiling = importlib.import_module("resize_ceiling")
 
 
 def test_quality_override_without_equals_is_rejected_with_the_received_value():
@@ -117,3 +118,13 @@ def test_speed_rss_at_takes_the_first_sample_at_or_after_the_fraction():
     samples = [(1.0, 500.0), (5.0, 900.0), (9.0, 910.0)]
     assert benchmark_speed.rss_at(samples, 0.4, 10.0) == 900.0
     assert benchmark_speed.rss_at(samples, 0.95, 10.0) == 910.0  # none that late: the last sample
+
+
+def test_resize_ceiling_is_perfect_at_full_size_and_lower_when_shrunk(capsys: pytest.CaptureFixture) -> None:
+    mask = (read_radiograph(SAMPLE_DATA / "masks" / "1052b0fe.png").pixels > 0).astype(np.uint8)
+    assert mask.shape == (512, 512) and resize_ceiling.round_trip_dice(mask, 512) == (1.0, 1.0)
+    soft, binary = resize_ceiling.round_trip_dice(mask, 32)
+    assert 0.9 < binary < soft < 1.0
+    resize_ceiling.main([str(SAMPLE_DATA / "masks"), "--sizes", "64", "--every", "12"])
+    out = capsys.readouterr().out
+    assert out.startswith("3 masks from ") and re.search(r"^\| 64 \| 0\.9\d{3} \|", out, re.M), out
