@@ -9,6 +9,7 @@ The steps are separate methods so a batch runner can overlap them: :meth:`LungSe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from lungseg_monai.io import Radiograph
 from lungseg_monai.networks import LungUNet, backbone_of_state_dict
 from lungseg_monai.transforms import ResizeToOriginal, radiograph_to_metatensor
 
-__all__ = ["LungSegmenter", "ModelCard", "is_torchscript_file", "read_model_card"]
+__all__ = ["LungSegmenter", "ModelCard", "is_torchscript_file", "model_identity", "read_model_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,39 @@ def _card_from_bundle(model_path: Path) -> ModelCard | None:
     if not config.is_file():
         return None
     return _card_from_config(json.loads(config.read_text()))
+
+
+# Hex digits of the weights' SHA-256 kept in a model identity: enough to tell models apart.
+_IDENTITY_HASH_CHARS = 12
+_HASH_CHUNK = 1 << 20
+
+
+def model_identity(model_path: str | os.PathLike | None = None, network: torch.nn.Module | None = None) -> str:
+    """A short name that changes whenever the weights change: ``LungUNet-resnet50-<sha256 of the weights>``.
+
+    The hash is of the model file's bytes (``model_path``) or, for a network held in memory, of its
+    state-dict tensors. Used as the DICOM SEG's algorithm version and in the output manifest, so
+    the results of two different models never look alike.
+
+    Example:
+        >>> model_identity(network=torch.nn.Linear(2, 1)).startswith("Linear-")
+        True
+    """
+    digest = hashlib.sha256()
+    if model_path is not None:
+        with open(model_path, "rb") as f:
+            for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+                digest.update(chunk)
+    elif network is not None:
+        for key, value in network.state_dict().items():
+            digest.update(key.encode())
+            digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    else:
+        raise ValueError("model_identity needs a model file or a network")
+    name = type(network).__name__ if network is not None else "LungUNet"
+    backbone = getattr(network, "backbone_name", None) if network is not None else None
+    prefix = f"{name}-{backbone}" if isinstance(backbone, str) else name
+    return f"{prefix}-{digest.hexdigest()[:_IDENTITY_HASH_CHARS]}"
 
 
 def is_torchscript_file(path: str | os.PathLike) -> bool:
@@ -165,6 +199,8 @@ class LungSegmenter:
             None/False for the raw thresholded prediction.
         channels_last: run the network on channels-last tensors (faster on some CPUs and GPUs;
             the masks are the same).
+        identity: the model's identity (see :func:`model_identity`); computed from the network's
+            weights when not given.
 
     Example:
         >>> seg = LungSegmenter.from_model("bundles/lung_cxr_segmentation/models/model.pt")  # doctest: +SKIP
@@ -178,8 +214,10 @@ class LungSegmenter:
         device: str | torch.device = "cpu",
         postprocess: CleanLungMask | bool | None = True,
         channels_last: bool = False,
+        identity: str | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self.identity = identity or model_identity(network=network)
         self.network = network.to(self.device).eval()
         self.card = dict(card)
         self.threshold = float(self.card["threshold"])
@@ -240,7 +278,21 @@ class LungSegmenter:
             backbone = card.get("backbone") or backbone_of_state_dict(load_checkpoint(model_path))
             network = LungUNet(backbone=backbone, decoder_channels=card["decoder_channels"])
             load_network_weights(network, model_path)
-        return cls(network, card, device, postprocess=postprocess, channels_last=channels_last)
+        identity = model_identity(model_path, network)
+        return cls(network, card, device, postprocess=postprocess, channels_last=channels_last, identity=identity)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that decides the masks this segmenter makes: model identity, threshold, clean-up.
+
+        Two segmenters with equal settings make the same mask for the same file; the output
+        manifest of ``lungseg infer`` reuses an output only when they are equal.
+        """
+        return {
+            "model": self.identity,
+            "image_size": int(self.card["image_size"]),
+            "threshold": self.threshold,
+            "postprocess": repr(self.postprocess),
+        }
 
     def prepare(self, radiograph: Radiograph) -> torch.Tensor:
         """(rows, columns) radiograph -> (1, image_size, image_size) network input."""
