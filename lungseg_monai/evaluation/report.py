@@ -1,9 +1,11 @@
 """An evaluator handler that writes a per-image metrics report at the original resolution.
 
 Outputs, under ``output_dir``: ``metrics.csv`` (one row per image with ``name``, ``dice``,
-``iou``, ``hd95``, ``assd``, ``distance_unit``), ``summary.json`` (mean, median, std, min, max of
-each metric and the five worst cases by Dice) and ``worst/NAME.png`` overlays (prediction red,
-reference green) of those worst cases.
+``iou``, ``hd95``, ``assd``, ``distance_unit`` and, with a QC-calibrated model, ``qc_status``,
+``qc_score``, ``qc_reasons`` as ``lungseg infer`` gives them), ``summary.json`` (mean, median,
+std, min, max of each metric, the five worst cases by Dice, and the Spearman correlation between
+``qc_score`` and the true Dice) and ``worst/NAME.png`` overlays (prediction red, reference green)
+of those worst cases.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from scipy.stats import spearmanr
 
 from lungseg_monai.engine.distributed import gather_objects, is_distributed
 from lungseg_monai.data import file_stem
@@ -62,6 +65,16 @@ def summarise(rows: Sequence[Mapping[str, Any]], n_worst: int = 5) -> dict[str, 
         }
     worst = _worst(rows, n_worst)
     summary["worst"] = [{k: r[k] for k in ("name", "image", *METRIC_NAMES)} for r in worst]
+    scored = [(float(r["qc_score"]), float(r["dice"])) for r in rows if r.get("qc_score") not in (None, "")]
+    if scored:
+        statuses = [r["qc_status"] for r in rows if r.get("qc_status")]
+        scores, dices = zip(*scored)
+        rho = spearmanr(scores, dices).statistic if len(scored) > 2 and len(set(dices)) > 1 else math.nan
+        summary["qc"] = {
+            "spearman_qc_score_dice": float(rho),
+            "n_scored": len(scored),
+            "status_counts": {status: statuses.count(status) for status in sorted(set(statuses))},
+        }
     return summary
 
 
@@ -88,6 +101,9 @@ class SegmentationReport:
         enabled: False on non-zero ranks of a distributed run. In such a run every process
             evaluates its shard, and the rows (sorted by file name) and the worst cases' masks are
             gathered from all processes before rank 0 writes the report.
+        qc_model: the evaluated ``model.pt``: each image also gets the quality verdict
+            ``lungseg infer`` would give it (from the model's QC calibration; without one the
+            columns say ``unavailable``). None leaves the QC columns out.
     """
 
     def __init__(
@@ -98,6 +114,7 @@ class SegmentationReport:
         label_key: str = "label",
         image_key: str = "image",
         enabled: bool = True,
+        qc_model: str | os.PathLike | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.n_worst = n_worst
@@ -106,6 +123,19 @@ class SegmentationReport:
         self.rows: list[dict[str, Any]] = []
         self._masks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._dice: dict[str, float] = {}
+        self.qc_model = qc_model
+        self._segmenter: Any = None
+
+    def _quality(self, path: str) -> dict[str, Any]:
+        """The ``qc_*`` columns ``lungseg infer`` would write for this image."""
+        if self.qc_model is None:
+            return {}
+        if self._segmenter is None:
+            # Imported here: evaluation needs the inference path only for the QC columns.
+            from lungseg_monai.inference.predictor import LungSegmenter
+
+            self._segmenter = LungSegmenter.from_model(self.qc_model, device="cpu")
+        return self._segmenter.segment_with_qc(read_radiograph(path))[1].as_row()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._reset)
@@ -128,7 +158,8 @@ class SegmentationReport:
             label = torch.as_tensor(item[self.label_key]).detach().cpu().numpy()[0] > 0.5
             values = segmentation_metrics(pred, label, spacing)
             name = Path(path).name
-            self.rows.append({"name": name, "image": path, **values, "distance_unit": "mm" if known else "pixel"})
+            row = {"name": name, "image": path, **values, "distance_unit": "mm" if known else "pixel"}
+            self.rows.append({**row, **self._quality(path)})
             self._keep_if_worst(path, values["dice"], pred, label)
 
     def _keep_if_worst(self, path: str, dice: float, pred: np.ndarray, label: np.ndarray) -> None:
@@ -162,6 +193,8 @@ class SegmentationReport:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         fields = ["name", "image", *METRIC_NAMES, "distance_unit"]
+        if self.qc_model is not None:
+            fields += ["qc_status", "qc_score", "qc_reasons"]
         with atomic_path(self.output_dir / "metrics.csv") as tmp:
             with open(tmp, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=fields)
@@ -188,3 +221,9 @@ class SegmentationReport:
             summary["dice"]["median"],
             self.output_dir,
         )
+        if "qc" in summary:
+            logger.info(
+                "quality control: %s; Spearman(qc_score, Dice) %.3f",
+                summary["qc"]["status_counts"],
+                summary["qc"]["spearman_qc_score_dice"],
+            )

@@ -14,6 +14,7 @@ from lungseg_monai.inference.discovery import (
     discover_inputs,
     inference_datalist,
 )
+from lungseg_monai.inference.calibrate import calibrate_model
 from lungseg_monai.inference.predictor import LungSegmenter, ModelCard, is_torchscript_file, read_model_card
 from lungseg_monai.inference.runner import (
     DEFAULT_FORMATS,
@@ -45,6 +46,7 @@ __all__ = [
     "SaveLungMask",
     "SaveLungMaskd",
     "SkippedInput",
+    "calibrate_model",
     "classify_dicom",
     "clean_lung_mask",
     "discover_inputs",

@@ -16,6 +16,9 @@ logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+# --fail-on: some mask's quality verdict is as bad as asked for (2 is argparse's usage error).
+EXIT_QC = 3
+FAIL_ON_CHOICES = ("review", "reject")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -27,7 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Segment the lungs on chest radiographs. INPUT is a file, a folder (searched recursively) or a DICOM "
             "study folder. Writes OUT_DIR/masks/NAME.png (0/255, the input's size), overlays/NAME.png, "
             "nifti/NAME.nii.gz, dicomseg/NAME.dcm (DICOM inputs) and measurements.csv; NAME is the "
-            "SOPInstanceUID for DICOM, else the file name. Exit code 1 if any file failed."
+            "SOPInstanceUID for DICOM, else the file name. Every mask gets a quality verdict (pass, review, "
+            "reject) in measurements.csv and the summary. Exit code 1 if any file failed, 3 with --fail-on when a "
+            "mask's verdict is that bad."
         ),
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder or DICOM study folder")
@@ -62,6 +67,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="drop regions smaller than this fraction of the image (default: 0.005)",
     )
     parser.add_argument("--no-fill-holes", action="store_true", help="do not fill holes in the lungs")
+    parser.add_argument(
+        "--fail-on",
+        choices=FAIL_ON_CHOICES,
+        default=None,
+        help="exit with code 3 when a mask's quality verdict is this or worse (for pipelines); all outputs are "
+        "still written",
+    )
+    parser.add_argument(
+        "--write-rejected-seg",
+        action="store_true",
+        help="write DICOM SEGs for masks that quality control rejects (default: none)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -105,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 postprocess=postprocess,
                 progress=not args.no_progress,
+                write_rejected=args.write_rejected_seg,
             )
         except (CheckpointError, ValueError) as e:
             logger.error("%s", e)
@@ -114,4 +132,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     for line in summary.report().splitlines():
         (logger.error if line.startswith("FAILED") else logger.info)(line)
-    return EXIT_OK if summary.ok else EXIT_FAILED
+    if not summary.ok:
+        return EXIT_FAILED
+    flagged = summary.qc_failed(args.fail_on)
+    if flagged:
+        logger.error("%d mask(s) with a quality verdict of %s or worse (--fail-on)", len(flagged), args.fail_on)
+        return EXIT_QC
+    return EXIT_OK

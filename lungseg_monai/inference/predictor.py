@@ -15,6 +15,7 @@ import logging
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,12 @@ from lungseg_monai.engine.checkpoint import CheckpointError, load_checkpoint, lo
 from lungseg_monai.inference.transforms import CleanLungMask
 from lungseg_monai.io import Radiograph
 from lungseg_monai.networks import LungUNet, backbone_of_state_dict
+from lungseg_monai.qc.mask import mask_features, perturb, unperturb
+from lungseg_monai.qc.ood import bottleneck_features, encoder_of
+from lungseg_monai.qc.quality import QCResult, QualityControl
 from lungseg_monai.transforms import ResizeToOriginal, radiograph_to_metatensor
 
-__all__ = ["LungSegmenter", "ModelCard", "is_torchscript_file", "model_identity", "read_model_card"]
+__all__ = ["LungSegmenter", "ModelCard", "QCForward", "is_torchscript_file", "model_identity", "read_model_card"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +93,7 @@ def model_identity(model_path: str | os.PathLike | None = None, network: torch.n
     elif network is not None:
         for key, value in network.state_dict().items():
             digest.update(key.encode())
-            digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     else:
         raise ValueError("model_identity needs a model file or a network")
     name = type(network).__name__ if network is not None else "LungUNet"
@@ -187,6 +191,36 @@ def read_model_card(model_path: str | os.PathLike) -> ModelCard:
     return {**_CARD_DEFAULTS, **card}
 
 
+@dataclass
+class QCForward:
+    """What the network gives a batch for quality control (:meth:`LungSegmenter.forward_qc`).
+
+    Attributes:
+        probabilities: (B, 1, h, w) lung probabilities on the network grid.
+        features: (B, C) pooled bottleneck features, or None (TorchScript models).
+        tta_probabilities: (B, 1, h, w) probabilities of the perturbed inputs mapped back, or None.
+        tta_valid: (B, 1, h, w) where ``tta_probabilities`` is defined, or None.
+    """
+
+    probabilities: torch.Tensor
+    features: torch.Tensor | None = None
+    tta_probabilities: torch.Tensor | None = None
+    tta_valid: torch.Tensor | None = None
+
+    def item(self, index: int) -> QCForward:
+        """The ``index``-th image of the batch, keeping a batch dimension of 1."""
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[index : index + 1]
+
+        return QCForward(
+            self.probabilities[index : index + 1],
+            pick(self.features),
+            pick(self.tta_probabilities),
+            pick(self.tta_valid),
+        )
+
+
 class LungSegmenter:
     """Segment the lungs on radiographs with a trained LungUNet.
 
@@ -201,6 +235,8 @@ class LungSegmenter:
             the masks are the same).
         identity: the model's identity (see :func:`model_identity`); computed from the network's
             weights when not given.
+        quality_control: the mask quality check; default: from the card's ``"qc"`` calibration
+            (None when the model was never calibrated: results then say QC is unavailable).
 
     Example:
         >>> seg = LungSegmenter.from_model("bundles/lung_cxr_segmentation/models/model.pt")  # doctest: +SKIP
@@ -215,6 +251,7 @@ class LungSegmenter:
         postprocess: CleanLungMask | bool | None = True,
         channels_last: bool = False,
         identity: str | None = None,
+        quality_control: QualityControl | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.identity = identity or model_identity(network=network)
@@ -238,6 +275,7 @@ class LungSegmenter:
             ]
         )
         self.resize_to_original = ResizeToOriginal()
+        self.qc = quality_control if quality_control is not None else QualityControl.from_card(self.card)
 
     @classmethod
     def from_model(
@@ -307,6 +345,51 @@ class LungSegmenter:
         return torch.sigmoid(self.network(batch).float()).contiguous()
 
     @torch.inference_mode()
+    def forward_qc(self, batch: torch.Tensor, tta: bool | None = None) -> QCForward:
+        """:meth:`forward` plus what quality control needs: bottleneck features and a perturbed pass.
+
+        Args:
+            batch: (B, 1, image_size, image_size) inputs.
+            tta: also segment a slightly zoomed and shifted copy (:func:`lungseg_monai.qc.mask.perturb`);
+                default: as the model's QC calibration says (no QC calibration: no).
+        """
+        tta = (self.qc is not None and self.qc.tta) if tta is None else tta
+        if encoder_of(self.network) is None:
+            return QCForward(self.forward(batch))
+        with bottleneck_features(self.network) as features:
+            probabilities = self.forward(batch)
+        out = QCForward(probabilities, features[0])
+        if tta:
+            out.tta_probabilities, out.tta_valid = unperturb(self.forward(perturb(batch.to(self.device))))
+        return out
+
+    def assess(self, qc_forward: QCForward) -> QCResult:
+        """The quality verdict of one image's mask from its :meth:`forward_qc` output (batch of 1)."""
+        if self.qc is None:
+            return QCResult.unavailable(
+                "the model has no QC calibration (run the bundle's calibrate_qc, or retrain)"
+            )
+        return self.qc.assess(self.qc_features(qc_forward), self._image_features(qc_forward))
+
+    def qc_features(self, qc_forward: QCForward) -> dict[str, float]:
+        """:func:`lungseg_monai.qc.mask.mask_features` of one image's mask on the network grid."""
+        probability = qc_forward.probabilities[0, 0].float().cpu().numpy()
+        mask = (probability >= self.threshold).astype(np.uint8)
+        if self.postprocess is not None:
+            mask = self.postprocess(mask)
+
+        def plane(t: torch.Tensor | None) -> np.ndarray | None:
+            return None if t is None else t[0, 0].float().cpu().numpy()
+
+        return mask_features(
+            mask, probability, plane(qc_forward.tta_probabilities), plane(qc_forward.tta_valid), self.threshold
+        )
+
+    @staticmethod
+    def _image_features(qc_forward: QCForward) -> np.ndarray | None:
+        return None if qc_forward.features is None else qc_forward.features[0].numpy()
+
+    @torch.inference_mode()
     def to_mask(self, probability: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
         """(1, h, w) probability -> (rows, columns) uint8 0/1 mask: resized, thresholded, cleaned."""
         full = self.resize_to_original(probability, shape)[0]
@@ -323,6 +406,11 @@ class LungSegmenter:
         """Binary (rows, columns) uint8 lung masks (0/1) of several radiographs, one network call."""
         probs = self.forward(torch.stack([self.prepare(rg) for rg in radiographs]))
         return [self.to_mask(p, rg.shape) for p, rg in zip(probs, radiographs)]
+
+    def segment_with_qc(self, radiograph: Radiograph) -> tuple[np.ndarray, QCResult]:
+        """The mask of :meth:`segment` and its quality verdict (what ``lungseg infer`` writes for this file)."""
+        qc_forward = self.forward_qc(self.prepare(radiograph)[None])
+        return self.to_mask(qc_forward.probabilities[0], radiograph.shape), self.assess(qc_forward)
 
     def segment(self, radiograph: Radiograph) -> np.ndarray:
         """Binary (rows, columns) uint8 lung mask (0/1) of one radiograph: what ``lungseg infer`` writes (x255)."""

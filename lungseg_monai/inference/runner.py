@@ -10,8 +10,13 @@ Layout of ``output_dir``::
     masks/NAME.png        lung mask, 0/255, the input's rows x columns and orientation
     overlays/NAME.png     lung contour (red) over the radiograph
     nifti/NAME.nii.gz     mask 0/1 with the pixel spacing (x = columns, y = rows)
-    dicomseg/NAME.dcm     DICOM SEG referencing the source (DICOM inputs only)
-    measurements.csv      one row per NAME: total, right and left lung area (px, cm²)
+    dicomseg/NAME.dcm     DICOM SEG referencing the source (DICOM inputs only; none for a
+                          mask quality control rejects, unless ``write_rejected``)
+    measurements.csv      one row per NAME: total, right and left lung area (px, cm²) and the
+                          quality verdict (qc_status, qc_score, qc_reasons)
+
+Every mask gets a quality verdict (:mod:`lungseg_monai.qc`): ``pass``, ``review`` or ``reject``
+(``unavailable`` for a model without QC calibration), counted in the run's summary.
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ from tqdm import tqdm
 
 from lungseg_monai import __version__
 from lungseg_monai.inference.discovery import Discovery, InferenceInput, SkippedInput, discover_inputs
-from lungseg_monai.inference.predictor import LungSegmenter
+from lungseg_monai.inference.predictor import LungSegmenter, QCForward
 from lungseg_monai.inference.transforms import CleanLungMask, mask_to_uint8_2d
 from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
 from lungseg_monai.outputs import save_overlay, save_png
 from lungseg_monai.outputs.measurements import measure_lungs, read_measurements, write_measurements
 from lungseg_monai.outputs.nifti import NIFTI_SUFFIX, save_nifti_mask
+from lungseg_monai.qc.quality import QC_REJECT, QC_REVIEW, QC_STATUSES, QCResult
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -62,6 +68,8 @@ _LAYOUT = {
 MEASUREMENTS_FILE = "measurements.csv"
 DEFAULT_BATCH_SIZE = 4
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+# Masks to review or rejected listed one by one in the run's report; the rest are in measurements.csv.
+MAX_QC_LINES = 20
 
 
 def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -94,6 +102,7 @@ class InferenceSummary:
         skipped: files deliberately not segmented (non-image DICOM objects, lateral views ...).
         failed: files that could not be segmented or written, with the reason.
         written: every file written.
+        qc: the quality verdict of every mask made in this run, by output name.
     """
 
     output_dir: Path
@@ -102,6 +111,20 @@ class InferenceSummary:
     skipped: list[SkippedInput] = field(default_factory=list)
     failed: list[SkippedInput] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
+    qc: dict[str, QCResult] = field(default_factory=dict)
+
+    def qc_counts(self) -> dict[str, int]:
+        """How many masks of this run got each QC status (``pass``, ``review``, ``reject``, ``unavailable``)."""
+        counts = dict.fromkeys(QC_STATUSES, 0)
+        for result in self.qc.values():
+            counts[result.status] += 1
+        return counts
+
+    def qc_failed(self, fail_on: str | None) -> list[str]:
+        """Names whose verdict is ``fail_on`` (``review`` or ``reject``) or worse; [] when ``fail_on`` is None."""
+        if fail_on is None:
+            return []
+        return sorted(name for name, result in self.qc.items() if result.at_least(fail_on))
 
     @property
     def ok(self) -> bool:
@@ -121,7 +144,21 @@ class InferenceSummary:
                 f"{len(self.skipped)} skipped, {len(self.failed)} failed; outputs in '{self.output_dir}'"
             )
         ]
+        if self.qc:
+            counts = self.qc_counts()
+            lines.append(
+                "quality control: " + ", ".join(f"{counts[s]} {s}" for s in QC_STATUSES if counts[s] or s != "unavailable")
+            )
         lines += [f"FAILED '{s.path}': {s.reason}" for s in self.failed]
+        by_name = {item.name: item for item in self.segmented}
+        flagged = [(n, r) for n, r in sorted(self.qc.items()) if r.status in (QC_REVIEW, QC_REJECT) and n in by_name]
+        for name, result in flagged[:MAX_QC_LINES]:
+            lines.append(f"QC {result.status} '{by_name[name].path}': {result.reasons_text()}")
+        if len(flagged) > MAX_QC_LINES:
+            lines.append(
+                f"... and {len(flagged) - MAX_QC_LINES} more masks to review or rejected: see qc_status in "
+                f"'{self.output_dir / MEASUREMENTS_FILE}'"
+            )
         lines += [f"skipped '{s.path}': {s.reason}" for s in self.skipped]
         return "\n".join(lines)
 
@@ -131,6 +168,14 @@ class _Job:
     item: InferenceInput
     targets: dict[str, Path]  # per-file outputs still to write
     measure: bool  # a measurements row is needed
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Run-wide settings the writing threads need."""
+
+    seg_series: dict[str, str]
+    write_rejected: bool
 
 
 def _mtime(path: Path) -> float | None:
@@ -174,17 +219,33 @@ def _load(segmenter: LungSegmenter, item: InferenceInput) -> tuple[Radiograph, t
     return radiograph, segmenter.prepare(radiograph)
 
 
+def _seg_description(qc: QCResult) -> str:
+    """The SEG's Content Description: says when quality control wants the mask reviewed."""
+    if qc.status == QC_REVIEW:
+        return f"QC review: {qc.reasons_text()}"
+    if qc.status == QC_REJECT:
+        return f"QC reject: {qc.reasons_text()}"
+    return "Lungs segmented automatically"
+
+
 def _write_outputs(
     segmenter: LungSegmenter,
     job: _Job,
     radiograph: Radiograph,
-    probability: torch.Tensor,
-    seg_series: dict[str, str],
-) -> tuple[list[Path], dict[str, Any] | None]:
-    """Mask from the probability, then every output the job needs. Returns (files written, CSV row)."""
-    mask = segmenter.to_mask(probability, radiograph.shape)
+    network_output: QCForward,
+    options: _Options,
+) -> tuple[list[Path], dict[str, Any] | None, QCResult]:
+    """Mask and quality verdict from the network's output, then every output the job needs.
+
+    Returns (files written, CSV row or None, QC verdict).
+    """
+    mask = segmenter.to_mask(network_output.probabilities[0], radiograph.shape)
+    qc = segmenter.assess(network_output)
     written = []
     for fmt, target in job.targets.items():
+        if fmt == "dicomseg" and qc.status == QC_REJECT and not options.write_rejected:
+            logger.warning("'%s': no DICOM SEG, quality control rejects the mask (%s)", job.item.path, qc.reasons_text())
+            continue
         if fmt == "mask":
             save_png(mask_to_uint8_2d(mask), target)
         elif fmt == "overlay":
@@ -195,10 +256,19 @@ def _write_outputs(
             # Imported here: highdicom is only needed when DICOM SEGs are asked for.
             from lungseg_monai.outputs.dicom_seg import save_lung_seg
 
-            save_lung_seg(mask, job.item.path, target, seg_series[job.item.series_uid], __version__)
+            save_lung_seg(
+                mask,
+                job.item.path,
+                target,
+                options.seg_series[job.item.series_uid],
+                __version__,
+                content_description=_seg_description(qc),
+            )
         written.append(target)
     row = measure_lungs(mask, radiograph.spacing, job.item.name, str(job.item.path)) if job.measure else None
-    return written, row
+    if row is not None:
+        row.update(qc.as_row())
+    return written, row, qc
 
 
 def _reason(error: BaseException) -> str:
@@ -219,13 +289,13 @@ class _Pipeline:
         segmenter: LungSegmenter,
         summary: InferenceSummary,
         rows: dict[str, Any],
-        seg_series: dict[str, str],
+        options: _Options,
         batch_size: int,
         workers: int,
         progress: bool,
         total: int,
     ) -> None:
-        self.segmenter, self.summary, self.rows, self.seg_series = segmenter, summary, rows, seg_series
+        self.segmenter, self.summary, self.rows, self.options = segmenter, summary, rows, options
         self.batch_size = batch_size
         self.readers = ThreadPoolExecutor(workers, thread_name_prefix="lungseg-read")
         self.writers = ThreadPoolExecutor(workers, thread_name_prefix="lungseg-write")
@@ -266,13 +336,15 @@ class _Pipeline:
 
     def _run_batch(self, batch: list[tuple[_Job, Radiograph, torch.Tensor]]) -> None:
         try:
-            probabilities = self.segmenter.forward(torch.stack([tensor for _, _, tensor in batch]))
+            network_output = self.segmenter.forward_qc(torch.stack([tensor for _, _, tensor in batch]))
         except Exception as e:  # noqa: BLE001 - e.g. out of memory: those files fail, the run goes on
             for job, _, _ in batch:
                 self._fail(job, e)
             return
-        for (job, radiograph, _), probability in zip(batch, probabilities):
-            future = self.writers.submit(_write_outputs, self.segmenter, job, radiograph, probability, self.seg_series)
+        for index, (job, radiograph, _) in enumerate(batch):
+            future = self.writers.submit(
+                _write_outputs, self.segmenter, job, radiograph, network_output.item(index), self.options
+            )
             self.writes.append((job, future))
         self._drain(keep=2 * self.batch_size)
 
@@ -281,11 +353,12 @@ class _Pipeline:
         while self.writes and (len(self.writes) > keep or self.writes[0][1].done()):
             job, future = self.writes.popleft()
             try:
-                written, row = future.result()
+                written, row, qc = future.result()
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
                 self._fail(job, e)
                 continue
             self.summary.written.extend(written)
+            self.summary.qc[job.item.name] = qc
             if row is not None:
                 self.rows[job.item.name] = row
             self.summary.segmented.append(job.item)
@@ -308,6 +381,7 @@ def segment_files(
     workers: int = DEFAULT_WORKERS,
     postprocess: CleanLungMask | bool | None = True,
     progress: bool = True,
+    write_rejected: bool = False,
 ) -> InferenceSummary:
     """Segment radiographs in files, folders and DICOM studies and write the outputs.
 
@@ -325,6 +399,7 @@ def segment_files(
         workers: threads for reading and for writing (each).
         postprocess: see :class:`LungSegmenter`; ignored when ``model`` is a LungSegmenter.
         progress: show a progress bar.
+        write_rejected: also write DICOM SEGs of masks that quality control rejects.
 
     Returns:
         An :class:`InferenceSummary`; ``summary.ok`` is False when any file failed.
@@ -369,7 +444,8 @@ def segment_files(
         )
     # One new SEG series per source series in this run.
     seg_series = {series: generate_uid() for series in {j.item.series_uid for j in jobs if j.item.is_dicom}}
-    pipeline = _Pipeline(segmenter, summary, rows, seg_series, batch_size, workers, progress, len(jobs))
+    options = _Options(seg_series, bool(write_rejected))
+    pipeline = _Pipeline(segmenter, summary, rows, options, batch_size, workers, progress, len(jobs))
     try:
         pipeline.run(jobs)
     finally:

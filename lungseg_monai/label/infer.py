@@ -112,7 +112,8 @@ class LungSegInferTask(InferTask):
     uploaded file), optional ``result_extension`` (one of :data:`RESULT_EXTENSIONS`).
 
     Returns ``(mask file, params)``; params hold ``label_names``, the model file used, the mask's
-    ``shape`` (rows, columns), its ``lung_fraction`` and ``latencies`` in seconds.
+    ``shape`` (rows, columns), its ``lung_fraction``, the quality verdict ``lungseg infer`` gives
+    (``qc_status``, ``qc_score``, ``qc_reasons``) and ``latencies`` in seconds.
     """
 
     def __init__(self, segmenter: ReloadingSegmenter, description: str) -> None:
@@ -143,7 +144,7 @@ class LungSegInferTask(InferTask):
             raise BadRequestError(f"cannot segment '{Path(image).name}': {e.reason}") from e
         loaded = time.perf_counter()
         segmenter, model_path = self.segmenter.get()
-        mask = segmenter.segment(radiograph)
+        mask, qc = segmenter.segment_with_qc(radiograph)
         inferred = time.perf_counter()
 
         fd, name = tempfile.mkstemp(prefix="lungseg_mask_", suffix=extension)
@@ -155,6 +156,9 @@ class LungSegInferTask(InferTask):
             "model": str(model_path),
             "shape": [int(s) for s in mask.shape],
             "lung_fraction": float(mask.mean()),
+            "qc_status": qc.status,
+            "qc_score": qc.score,
+            "qc_reasons": list(qc.reasons),
             "latencies": {
                 "pre": round(loaded - start, 3),
                 "infer": round(inferred - loaded, 3),

@@ -36,6 +36,9 @@ SEG_SERIES_NUMBER = 1001
 SEG_SERIES_DESCRIPTION = "Lung segmentation (lungseg_monai)"
 MANUFACTURER = "lungseg_monai"
 MODEL_NAME = "LungUNet"
+CONTENT_DESCRIPTION = "Lungs segmented automatically"
+# Content Description is a LO (Long String) attribute: at most 64 characters.
+_LO_MAX_CHARS = 64
 
 # Type 2 attributes of the Patient and General Study modules that highdicom copies and requires.
 _TYPE2_COPIED = (
@@ -121,6 +124,7 @@ def make_lung_seg(
     software_version: str,
     source_size_bytes: int | None = None,
     sop_instance_uid: str | None = None,
+    content_description: str = CONTENT_DESCRIPTION,
 ) -> hd.seg.Segmentation:
     """Build a BINARY DICOM SEG of a (rows, columns) lung mask over its source radiograph.
 
@@ -132,6 +136,8 @@ def make_lung_seg(
         source_size_bytes: size of the source file, used to state an approximate compression
             ratio when a lossy source does not.
         sop_instance_uid: the SEG's SOP Instance UID (default: a new one).
+        content_description: the SEG's Content Description, cut to 64 characters (a mask
+            that quality control sends to review says so here).
 
     Raises:
         ValueError: the mask's shape differs from the source's Rows x Columns.
@@ -158,7 +164,7 @@ def make_lung_seg(
         software_versions=software_version,
         device_serial_number="",
         content_label="LUNG",
-        content_description="Lungs segmented automatically",
+        content_description=content_description[:_LO_MAX_CHARS],
         series_description=SEG_SERIES_DESCRIPTION,
         omit_empty_frames=False,
     )
@@ -176,6 +182,7 @@ def save_lung_seg(
     target: str | os.PathLike,
     series_instance_uid: str,
     software_version: str,
+    content_description: str = CONTENT_DESCRIPTION,
 ) -> Path:
     """Read the source DICOM's header, build :func:`make_lung_seg` and write it atomically.
 
@@ -190,6 +197,7 @@ def save_lung_seg(
         series_instance_uid=series_instance_uid,
         software_version=software_version,
         source_size_bytes=source_path.stat().st_size,
+        content_description=content_description,
     )
     target = Path(target)
     with atomic_path(target) as tmp:

@@ -35,6 +35,9 @@ MEASUREMENT_COLUMNS = (
     "lung_area_cm2",
     "right_lung_area_cm2",
     "left_lung_area_cm2",
+    "qc_status",
+    "qc_score",
+    "qc_reasons",
 )
 _MM2_PER_CM2 = 100.0
 _STRUCTURE_8 = np.ones((3, 3), dtype=bool)
@@ -95,6 +98,9 @@ def measure_lungs(
         "lung_area_cm2": "",
         "right_lung_area_cm2": "",
         "left_lung_area_cm2": "",
+        "qc_status": "",
+        "qc_score": "",
+        "qc_reasons": "",
     }
     if spacing is not None:
         pixel_cm2 = float(spacing[0]) * float(spacing[1]) / _MM2_PER_CM2

@@ -1,0 +1,145 @@
+"""Fit a model's quality control on its own training and validation images, and store it in the model card.
+
+Run at the end of every training (the bundle's ``training`` ends with ``calibrate_qc``, through
+:func:`lungseg_monai.inference.calibrate.calibrate_model`), or on its own for an existing model::
+
+    python -m monai.bundle run calibrate_qc --config_file bundles/lung_cxr_segmentation/configs/train.json \\
+        --bundle_root runs/my_model --dataset_dir /data/cxr
+
+What it fits:
+
+1. the distribution of the encoder's bottleneck features over the **training** images
+   (:class:`lungseg_monai.qc.ood.FeatureDistribution`);
+2. the range of each shape feature over the **training** masks (the annotators' masks);
+3. on the **validation** images, which the distribution has not seen: the out-of-distribution
+   limit (``OOD_MARGIN`` x the largest validation distance) and the ridge regression that turns
+   mask features into an estimated Dice (``qc_score``), against the Dice of each validation
+   mask at the image's own resolution.
+
+The result is written into the model card (``model.json``) under ``"qc"``, atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import Resize
+from scipy.stats import spearmanr
+
+from lungseg_monai.io import read_mask, read_radiograph
+from lungseg_monai.qc.mask import dice, feature_ranges, mask_features
+from lungseg_monai.qc.ood import FeatureDistribution
+from lungseg_monai.qc.quality import QualityControl, ScoreModel
+
+__all__ = ["OOD_MARGIN", "QC_CARD_KEY", "SCORE_FEATURES", "calibrate"]
+
+logger = logging.getLogger(__name__)
+
+# The OOD limit is this many times the largest distance of a validation radiograph: validation
+# films are real chest radiographs the distribution never saw, so the limit leaves room for
+# unusual but genuine films from other sites.
+OOD_MARGIN = 1.5
+# Inputs of the qc_score regression (ood_distance and n_out_of_range are added by QualityControl).
+SCORE_FEATURES = ("soft_dice", "tta_dice", "uncertain_share", "ood_distance", "n_out_of_range")
+RIDGE_ALPHA = 1.0
+QC_CARD_KEY = "qc"
+CALIBRATION_VERSION = 1
+_BATCH = 8
+
+
+def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _grid_mask(label: np.ndarray, size: int) -> np.ndarray:
+    """A full-resolution reference mask on the network grid (area resize, then half-way threshold)."""
+    resized = Resize((size, size), mode="area")(torch.from_numpy(label[None].astype(np.float32)))
+    return (np.asarray(resized[0]) >= 0.5).astype(np.uint8)
+
+
+def calibrate(
+    segmenter: Any, training: Sequence[Mapping[str, Any]], validation: Sequence[Mapping[str, Any]], tta: bool = True
+) -> dict[str, Any]:
+    """Fit quality control for ``segmenter`` (a :class:`lungseg_monai.inference.LungSegmenter`).
+
+    Args:
+        segmenter: the trained model, with the post-processing ``lungseg infer`` uses.
+        training: datalist items ``{"image": path, "label": path}`` the model was trained on.
+        validation: datalist items the model was not trained on (at least 2).
+        tta: use the test-time perturbation agreement (``tta_dice``): one more network pass per image.
+
+    Returns:
+        The model card's ``"qc"`` entry.
+
+    Raises:
+        ValueError: fewer than 2 training or validation images, or a network without an encoder.
+    """
+    if len(training) < 2 or len(validation) < 2:
+        raise ValueError(
+            f"QC calibration needs at least 2 training and 2 validation images, got {len(training)} and {len(validation)}"
+        )
+    size = int(segmenter.card["image_size"])
+    train_features, reference = [], []
+    for batch in _batches(list(training), _BATCH):
+        radiographs = [read_radiograph(item["image"]) for item in batch]
+        out = segmenter.forward_qc(torch.stack([segmenter.prepare(rg) for rg in radiographs]), tta=False)
+        if out.features is None:
+            raise ValueError("QC calibration needs the state-dict model (models/model.pt), not a TorchScript export")
+        train_features.append(out.features.numpy())
+        for item, rg in zip(batch, radiographs):
+            reference.append(mask_features(_grid_mask(read_mask(item["label"]).pixels, size)))
+    distribution = FeatureDistribution.fit(np.concatenate(train_features))
+    ranges = feature_ranges(reference)
+
+    rows, dices, names = [], [], []
+    for batch in _batches(list(validation), _BATCH):
+        radiographs = [read_radiograph(item["image"]) for item in batch]
+        out = segmenter.forward_qc(torch.stack([segmenter.prepare(rg) for rg in radiographs]), tta=tta)
+        for i, (item, rg) in enumerate(zip(batch, radiographs)):
+            one = out.item(i)
+            features = segmenter.qc_features(one)
+            features["ood_distance"] = float(distribution.distance(one.features[0].numpy())[0])
+            rows.append(features)
+            mask = segmenter.to_mask(one.probabilities[0], rg.shape)
+            dices.append(dice(mask, read_mask(item["label"]).pixels))
+            names.append(str(item["image"]))
+    ood_threshold = OOD_MARGIN * max(r["ood_distance"] for r in rows)
+    calibration: dict[str, Any] = {
+        "version": CALIBRATION_VERSION,
+        "tta": bool(tta),
+        "features": distribution.to_dict(),
+        "ood_threshold": ood_threshold,
+        "ranges": ranges,
+        # Placeholder model so QualityControl can count out-of-range features before the fit.
+        "score_model": ScoreModel(("soft_dice",), np.zeros(1), np.ones(1), np.zeros(1), 0.0).to_dict(),
+    }
+    counter = QualityControl(calibration)
+    for r in rows:
+        r["n_out_of_range"] = float(len(counter.out_of_range(r)))
+    score_names = [n for n in SCORE_FEATURES if tta or n != "tta_dice"]
+    score_model = ScoreModel.fit(rows, dices, score_names, alpha=RIDGE_ALPHA)
+    calibration["score_model"] = score_model.to_dict()
+    predicted = [score_model.predict(r) for r in rows]
+    rho = spearmanr(predicted, dices).statistic if len(set(dices)) > 1 else float("nan")
+    calibration["validation"] = {
+        "n_training": len(training),
+        "n_validation": len(validation),
+        "dice_mean": float(np.mean(dices)),
+        "spearman_in_sample": None if not np.isfinite(rho) else float(rho),
+        "ood_distance_max": max(r["ood_distance"] for r in rows),
+        "ood_distance_median": float(np.median([r["ood_distance"] for r in rows])),
+    }
+    logger.info(
+        "QC calibrated on %d training and %d validation images: OOD limit %.3g, validation Dice %.4f, "
+        "Spearman(qc_score, Dice) %.3f in sample",
+        len(training),
+        len(validation),
+        ood_threshold,
+        calibration["validation"]["dice_mean"],
+        rho,
+    )
+    return calibration

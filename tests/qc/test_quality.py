@@ -1,0 +1,104 @@
+"""The verdict rules of QualityControl and its score model, with a hand-made calibration (synthetic)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lungseg_monai.qc.ood import FeatureDistribution
+from lungseg_monai.qc.quality import QCResult, QualityControl, ScoreModel
+
+RANGES = {
+    "lung_fraction": [0.2, 0.5],
+    "side_ratio": [0.6, 1.0],
+    "centre_row": [0.35, 0.6],
+    "centre_column": [0.42, 0.58],
+    "top": [0.03, 0.25],
+    "bottom": [0.6, 1.0],
+    "solidity": [0.85, 0.95],
+}
+GOOD = {
+    "n_regions": 2.0,
+    "lung_fraction": 0.35,
+    "side_ratio": 0.85,
+    "centre_row": 0.5,
+    "centre_column": 0.5,
+    "top": 0.1,
+    "bottom": 0.8,
+    "solidity": 0.9,
+    "uncertain_share": 0.05,
+    "soft_dice": 0.97,
+    "tta_dice": 0.97,
+}
+
+
+@pytest.fixture(scope="module")
+def qc() -> QualityControl:
+    rng = np.random.default_rng(0)
+    dist = FeatureDistribution.fit(rng.normal(size=(100, 8)))
+    # Dice follows soft_dice one to one on these made-up validation rows.
+    rows = [{**GOOD, "soft_dice": s, "ood_distance": 1.0, "n_out_of_range": 0.0} for s in np.linspace(0.7, 1.0, 20)]
+    model = ScoreModel.fit(rows, [r["soft_dice"] for r in rows], ["soft_dice"], alpha=0.0)
+    return QualityControl(
+        {"features": dist.to_dict(), "ood_threshold": 3.0, "ranges": RANGES, "score_model": model.to_dict(), "tta": True}
+    )
+
+
+def test_a_plausible_mask_passes_with_its_estimated_dice(qc: QualityControl) -> None:
+    result = qc.assess(GOOD, np.zeros(8))
+    assert result.status == "pass" and result.reasons == ()
+    assert result.score == pytest.approx(0.97, abs=1e-6)
+    assert result.as_row() == {"qc_status": "pass", "qc_score": 0.97, "qc_reasons": ""}
+
+
+def test_low_estimated_dice_goes_to_review_then_reject(qc: QualityControl) -> None:
+    review = qc.assess({**GOOD, "soft_dice": 0.85}, np.zeros(8))
+    assert review.status == "review" and review.reasons == ("estimated Dice 0.85 < 0.90",)
+    assert qc.assess({**GOOD, "soft_dice": 0.7}, np.zeros(8)).status == "reject"
+
+
+def test_one_shape_feature_out_of_range_is_review_three_are_reject(qc: QualityControl) -> None:
+    one = qc.assess({**GOOD, "lung_fraction": 0.7}, np.zeros(8))
+    assert one.status == "review"
+    assert one.reasons == ("lung fraction 0.7 outside the training range 0.2-0.5",)
+    three = qc.assess({**GOOD, "lung_fraction": 0.7, "top": 0.6, "solidity": 0.4}, np.zeros(8))
+    assert three.status == "reject" and len(three.reasons) == 3
+
+
+def test_an_image_far_from_the_training_features_is_rejected(qc: QualityControl) -> None:
+    result = qc.assess(GOOD, np.full(8, 50.0))
+    assert result.status == "reject"
+    assert result.reasons[0].startswith("image unlike the training radiographs (OOD distance")
+
+
+def test_no_lung_is_rejected_without_a_list_of_ranges(qc: QualityControl) -> None:
+    result = qc.assess({**GOOD, "lung_fraction": 0.0, "n_regions": 0.0}, np.zeros(8))
+    assert (result.status, result.reasons) == ("reject", ("no lung found",))
+
+
+def test_one_lung_region_is_review(qc: QualityControl) -> None:
+    result = qc.assess({**GOOD, "n_regions": 1.0}, np.zeros(8))
+    assert result.status == "review" and result.reasons == ("1 lung region(s) predicted, expected 2",)
+
+
+def test_missing_image_features_say_the_ood_check_is_unavailable(qc: QualityControl) -> None:
+    result = qc.assess(GOOD, None)
+    assert result.status == "review" and "unavailable" in result.reasons[0]
+
+
+def test_severity_order_and_refusal() -> None:
+    refused = QCResult.refused("image is 1x1 pixels")
+    assert refused.at_least("review") and refused.at_least("reject")
+    assert not QCResult("review").at_least("reject") and QCResult("review").at_least("review")
+    assert not QCResult.unavailable("no calibration").at_least("review")
+    assert refused.as_row() == {"qc_status": "reject", "qc_score": "", "qc_reasons": "image is 1x1 pixels"}
+
+
+def test_score_model_recovers_a_linear_relation_and_clips() -> None:
+    rows = [{"a": a, "b": b} for a, b in np.random.default_rng(3).uniform(size=(50, 2))]
+    target = [0.5 + 0.3 * r["a"] - 0.1 * r["b"] for r in rows]
+    model = ScoreModel.from_dict(ScoreModel.fit(rows, target, ["a", "b"], alpha=0.0).to_dict())
+    assert model.predict({"a": 0.5, "b": 0.5}) == pytest.approx(0.6, abs=1e-6)
+    assert model.predict({"a": 10.0, "b": 0.0}) == 1.0
+    with pytest.raises(ValueError, match="at least 2 validation images"):
+        ScoreModel.fit(rows[:1], target[:1], ["a"])
