@@ -33,10 +33,14 @@ def write_text_sr(path: Path, study_uid: str) -> Path:
     return path
 
 
-def copy_with(source: Path, target: Path, **attributes: str) -> Path:
-    """Copy a DICOM file, changing some header attributes (pixel data untouched)."""
+def copy_with(source: Path, target: Path, **attributes: str | None) -> Path:
+    """Copy a DICOM file, changing some header attributes (None removes one; pixel data untouched)."""
     ds = pydicom.dcmread(source)
     for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
     ds.save_as(target)
     return target
