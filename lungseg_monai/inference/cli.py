@@ -27,7 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Segment the lungs on chest radiographs. INPUT is a file, a folder (searched recursively) or a DICOM "
             "study folder. Writes OUT_DIR/masks/NAME.png (0/255, the input's size), overlays/NAME.png, "
             "nifti/NAME.nii.gz, dicomseg/NAME.dcm (DICOM inputs) and measurements.csv; NAME is the "
-            "SOPInstanceUID for DICOM, else the file name. Exit code 1 if any file failed."
+            "SOPInstanceUID for DICOM, else the file name. Images too small, blank or elongated to be a radiograph "
+            "are rejected, DICOMs whose header names another body part or modality skipped; each is listed with "
+            "its reason. Exit code 1 if any file failed."
         ),
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder or DICOM study folder")
@@ -62,6 +64,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="drop regions smaller than this fraction of the image (default: 0.005)",
     )
     parser.add_argument("--no-fill-holes", action="store_true", help="do not fill holes in the lungs")
+    parser.add_argument(
+        "--no-header-check",
+        action="store_true",
+        help=(
+            "segment DICOMs whose header names another body part or modality, for sites whose headers are wrong "
+            "(the checks on the pixels still apply)"
+        ),
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
     return parser
@@ -105,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 postprocess=postprocess,
                 progress=not args.no_progress,
+                check_headers=not args.no_header_check,
             )
         except (CheckpointError, ValueError) as e:
             logger.error("%s", e)
@@ -113,5 +124,10 @@ def run(args: argparse.Namespace) -> int:
         logger.error("no radiographs found in %s", ", ".join(f"'{p}'" for p in args.inputs))
         return EXIT_FAILED
     for line in summary.report().splitlines():
-        (logger.error if line.startswith("FAILED") else logger.info)(line)
+        if line.startswith("FAILED"):
+            logger.error(line)
+        elif line.startswith(("rejected", "nothing")):
+            logger.warning(line)
+        else:
+            logger.info(line)
     return EXIT_OK if summary.ok else EXIT_FAILED

@@ -203,8 +203,10 @@ def check_pixels(pixels: np.ndarray) -> list[str]:
         ValueError: ``pixels`` is not 2-D.
 
     Example:
-        >>> check_pixels(np.zeros((1, 1), np.float32))
-        ['1x1 px is too small for a radiograph (the shorter side must be at least 64 px)', 'constant image (every pixel is 0): nothing to segment']
+        >>> for reason in check_pixels(np.zeros((1, 1), np.float32)):
+        ...     print(reason)
+        1x1 px is too small for a radiograph (the shorter side must be at least 64 px)
+        constant image (every pixel is 0): nothing to segment
         >>> check_pixels(np.arange(256 * 256, dtype=np.float32).reshape(256, 256))
         []
     """

@@ -13,7 +13,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from dicom_factory import copy_with, write_text_sr
+from dicom_factory import copy_with, write_non_chest_copies, write_text_sr
 
 from lungseg_monai.inference import classify_dicom, discover_inputs, inference_datalist
 
@@ -129,19 +129,8 @@ def test_header_check_can_be_turned_off_but_not_for_objects_without_images_synth
 def non_chest_folder(tmp_path: Path) -> Path:
     """Real chest pixels (SIIM CR) under headers that say dental panoramic, hand and skull."""
     require_shared()
-    folder = tmp_path / "non_chest"
-    folder.mkdir()
-    for name, attributes in NON_CHEST_HEADERS.items():
-        copy_with(DICOM_JPEG_SIIM, folder / f"{name}.dcm", SOPInstanceUID=generate_uid(), **attributes)
-    return folder
-
-
-# A dental panoramic film as a CR archive sends it: no body part, no view, only the study says so.
-NON_CHEST_HEADERS = {
-    "panoramic": {"BodyPartExamined": None, "ViewPosition": None, "StudyDescription": "OPG PANORAMIC"},
-    "hand": {"BodyPartExamined": "HAND"},
-    "skull": {"BodyPartExamined": "SKULL"},
-}
+    write_non_chest_copies(DICOM_JPEG_SIIM, tmp_path / "non_chest")
+    return tmp_path / "non_chest"
 
 
 def test_dental_panoramic_hand_and_skull_crs_are_skipped_unless_header_check_is_off(non_chest_folder: Path) -> None:

@@ -11,7 +11,10 @@ import pytest
 import skimage.data
 from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SHARED_CXR, require_shared
 from pydicom.data import get_testdata_file
-from pydicom.uid import DigitalIntraOralXRayImageStorageForPresentation, DigitalMammographyXRayImageStorageForPresentation
+from pydicom.uid import (
+    DigitalIntraOralXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForPresentation,
+)
 
 from lungseg_monai.io import read_mask, read_radiograph
 from lungseg_monai.qc.input import (
@@ -231,4 +234,5 @@ def test_real_non_chest_files_are_refused_by_header(name: str, reason: str) -> N
     path = get_testdata_file(name, download=False)  # shipped inside pydicom: no download
     assert path is not None, f"pydicom no longer ships {name}"
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    assert check_dicom_header(ds) == f"{reason} is not a chest radiograph (segmented: CR, DX and chest secondary captures)"
+    expected = f"{reason} is not a chest radiograph (segmented: CR, DX and chest secondary captures)"
+    assert check_dicom_header(ds) == expected
