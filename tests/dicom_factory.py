@@ -33,10 +33,32 @@ def write_text_sr(path: Path, study_uid: str) -> Path:
     return path
 
 
-def copy_with(source: Path, target: Path, **attributes: str) -> Path:
-    """Copy a DICOM file, changing some header attributes (pixel data untouched)."""
+def copy_with(source: Path, target: Path, **attributes: str | None) -> Path:
+    """Copy a DICOM file, changing some header attributes (None removes one; pixel data untouched)."""
     ds = pydicom.dcmread(source)
     for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
     ds.save_as(target)
     return target
+
+
+# Chest pixels under headers that say otherwise. A dental panoramic film as a CR archive sends it:
+# no body part, no view position; only the study description says what it is.
+NON_CHEST_HEADERS: dict[str, dict[str, str | None]] = {
+    "panoramic": {"BodyPartExamined": None, "ViewPosition": None, "StudyDescription": "OPG PANORAMIC"},
+    "hand": {"BodyPartExamined": "HAND"},
+    "skull": {"BodyPartExamined": "SKULL"},
+}
+
+
+def write_non_chest_copies(source: Path, folder: Path) -> dict[str, Path]:
+    """Copies of a real chest DICOM whose headers name a dental panoramic, a hand and a skull (new UIDs)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return {
+        name: copy_with(source, folder / f"{name}.dcm", SOPInstanceUID=generate_uid(), **attributes)
+        for name, attributes in NON_CHEST_HEADERS.items()
+    }

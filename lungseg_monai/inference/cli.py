@@ -30,9 +30,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Segment the lungs on chest radiographs. INPUT is a file, a folder (searched recursively) or a DICOM "
             "study folder. Writes OUT_DIR/masks/NAME.png (0/255, the input's size), overlays/NAME.png, "
             "nifti/NAME.nii.gz, dicomseg/NAME.dcm (DICOM inputs) and measurements.csv; NAME is the "
-            "SOPInstanceUID for DICOM, else the file name. Every mask gets a quality verdict (pass, review, "
-            "reject) in measurements.csv and the summary. Exit code 1 if any file failed, 3 with --fail-on when a "
-            "mask's verdict is that bad."
+            "SOPInstanceUID for DICOM, else the file name. Images too small, blank or elongated to be a radiograph "
+            "are rejected, DICOMs whose header names another body part or modality skipped; each is listed with "
+            "its reason. Every mask gets a quality verdict (pass, review, reject) in measurements.csv and the "
+            "summary. Exit code 1 if any file failed, 3 with --fail-on when a verdict is that bad."
         ),
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder or DICOM study folder")
@@ -78,6 +79,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--write-rejected-seg",
         action="store_true",
         help="write DICOM SEGs for masks that quality control rejects (default: none)",
+        "--no-header-check",
+        action="store_true",
+        help=(
+            "segment DICOMs whose header names another body part or modality, for sites whose headers are wrong "
+            "(the checks on the pixels still apply)"
+        ),
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -123,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
                 postprocess=postprocess,
                 progress=not args.no_progress,
                 write_rejected=args.write_rejected_seg,
+                check_headers=not args.no_header_check,
             )
         except (CheckpointError, ValueError) as e:
             logger.error("%s", e)
@@ -131,7 +139,12 @@ def run(args: argparse.Namespace) -> int:
         logger.error("no radiographs found in %s", ", ".join(f"'{p}'" for p in args.inputs))
         return EXIT_FAILED
     for line in summary.report().splitlines():
-        (logger.error if line.startswith("FAILED") else logger.info)(line)
+        if line.startswith("FAILED"):
+            logger.error(line)
+        elif line.startswith(("rejected", "nothing", "QC ")):
+            logger.warning(line)
+        else:
+            logger.info(line)
     if not summary.ok:
         return EXIT_FAILED
     flagged = summary.qc_failed(args.fail_on)

@@ -2,9 +2,10 @@
 
 DICOM files are read header-only, grouped by StudyInstanceUID and SeriesInstanceUID and ordered
 by InstanceNumber. CR and DX images and chest secondary captures are segmented; objects without
-pixels (SR, PR, KO, SEG, DICOMDIR ...), other modalities and lateral views are skipped, each with
-a note saying why. Each input gets an output name: the SOPInstanceUID for DICOM, the file stem
-otherwise, made unique within the run.
+pixels (SR, PR, KO, SEG, DICOMDIR ...), lateral views and images whose header names another
+modality or body part (:mod:`lungseg_monai.qc.input`) are skipped, each with a note saying why.
+Each input gets an output name: the SOPInstanceUID for DICOM, the file stem otherwise, made unique
+within the run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pydicom
 
 from lungseg_monai.data import file_stem
 from lungseg_monai.io import NON_IMAGE_MODALITIES, SUPPORTED_SUFFIXES, is_dicom_file
+from lungseg_monai.qc.input import check_dicom_header, sop_class_uid
 
 __all__ = [
     "LATERAL_VIEW_POSITIONS",
@@ -33,18 +35,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
-# Secondary capture SOP classes (single-frame and the multi-frame greyscale ones).
-SECONDARY_CAPTURE_SOP_CLASSES = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.7",
-        "1.2.840.10008.5.1.4.1.1.7.2",
-        "1.2.840.10008.5.1.4.1.1.7.3",
-        "1.2.840.10008.5.1.4.1.1.7.4",
-    }
-)
-SECONDARY_CAPTURE_MODALITIES = frozenset({"OT", "SC", ""})
-CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORAX", "THORAKS", "TORSO")
 LATERAL_VIEW_POSITIONS = frozenset({"LL", "RL", "LAT", "LATERAL"})
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 # Read the header only; large values (pixel data) stay on disk but remain visible as present.
@@ -115,11 +105,17 @@ class _DicomHeader:
     instance_number: int
 
 
-def classify_dicom(ds: pydicom.Dataset) -> str | None:
+def classify_dicom(ds: pydicom.Dataset, check_headers: bool = True) -> str | None:
     """Why a DICOM object is not a chest radiograph to segment, or None when it is one.
+
+    Objects without an image (SR, PR, KO, SEG, DICOMDIR, no PixelData) and lateral views are
+    always skipped. With ``check_headers``, so is every image whose header names another modality,
+    SOP class or body part (:func:`lungseg_monai.qc.input.check_dicom_header`).
 
     Args:
         ds: the object's header (pixel data may be deferred, but must not be dropped).
+        check_headers: False for sites whose headers are wrong: segment whatever the modality,
+            SOP class and body part say.
 
     Example:
         >>> ds = pydicom.Dataset(); ds.Modality = "SR"
@@ -127,7 +123,7 @@ def classify_dicom(ds: pydicom.Dataset) -> str | None:
         'SR object without an image (structured report, presentation state, key object, SEG ...)'
     """
     modality = str(ds.get("Modality", "")).strip().upper()
-    sop_class = str(ds.get("SOPClassUID", "") or getattr(ds.get("file_meta"), "MediaStorageSOPClassUID", ""))
+    sop_class = sop_class_uid(ds)
     if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
         return "DICOMDIR (an index of the files, not an image)"
     if modality in NON_IMAGE_MODALITIES:
@@ -137,14 +133,7 @@ def classify_dicom(ds: pydicom.Dataset) -> str | None:
     view = str(ds.get("ViewPosition", "")).strip().upper()
     if view in LATERAL_VIEW_POSITIONS:
         return f"lateral view (ViewPosition {view}); the model segments frontal (PA/AP) films"
-    if modality in RADIOGRAPH_MODALITIES:
-        return None
-    if sop_class in SECONDARY_CAPTURE_SOP_CLASSES or modality in SECONDARY_CAPTURE_MODALITIES:
-        body_part = str(ds.get("BodyPartExamined", "")).strip().upper()
-        if not body_part or any(part in body_part for part in CHEST_BODY_PARTS):
-            return None
-        return f"secondary capture of {body_part}, not of a chest"
-    return f"modality {modality} is not a chest radiograph (segmented: CR, DX and chest secondary captures)"
+    return check_dicom_header(ds) if check_headers else None
 
 
 def _read_header(path: Path) -> pydicom.Dataset:
@@ -193,12 +182,16 @@ def _unique_names(names: Sequence[str]) -> list[str]:
     return out
 
 
-def discover_inputs(paths: Sequence[str | os.PathLike], exclude: Sequence[str | os.PathLike] = ()) -> Discovery:
+def discover_inputs(
+    paths: Sequence[str | os.PathLike], exclude: Sequence[str | os.PathLike] = (), check_headers: bool = True
+) -> Discovery:
     """List the radiographs to segment under files and folders.
 
     Args:
         paths: files, folders (searched recursively) or DICOM study folders.
         exclude: folders never searched (e.g. the output folder when it lies inside an input).
+        check_headers: skip DICOM images whose header names another modality, SOP class or body
+            part (see :func:`classify_dicom`); False segments them.
 
     Returns:
         A :class:`Discovery`; a file listed twice (directly and through its folder) counts once.
@@ -237,7 +230,7 @@ def discover_inputs(paths: Sequence[str | os.PathLike], exclude: Sequence[str | 
         if not any(keyword in ds for keyword in _IDENTIFYING_KEYWORDS):
             found.failed.append(SkippedInput(path, "not a DICOM file (no SOP class, UIDs, modality or pixel data)"))
             continue
-        reason = classify_dicom(ds)
+        reason = classify_dicom(ds, check_headers)
         if reason is not None:
             found.skipped.append(SkippedInput(path, reason))
             continue

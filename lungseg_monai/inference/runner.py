@@ -42,7 +42,8 @@ from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
 from lungseg_monai.outputs import save_overlay, save_png
 from lungseg_monai.outputs.measurements import measure_lungs, read_measurements, write_measurements
 from lungseg_monai.outputs.nifti import NIFTI_SUFFIX, save_nifti_mask
-from lungseg_monai.qc.quality import QC_REJECT, QC_REVIEW, QC_STATUSES, QCResult
+from lungseg_monai.qc.quality import QC_REJECT, QC_REVIEW, QC_STATUSES, QC_UNAVAILABLE, QCResult
+from lungseg_monai.qc.input import ImplausibleInputError, ensure_plausible
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -99,15 +100,19 @@ class InferenceSummary:
         output_dir: where the outputs are.
         segmented: inputs segmented in this run (some of their outputs were written).
         up_to_date: inputs whose outputs all existed already (kept; ``overwrite`` redoes them).
+        rejected: files read but refused before the network (too small, blank, too elongated
+            to be a radiograph: :func:`lungseg_monai.qc.input.check_pixels`), with the reason.
         skipped: files deliberately not segmented (non-image DICOM objects, lateral views ...).
         failed: files that could not be segmented or written, with the reason.
         written: every file written.
-        qc: the quality verdict of every mask made in this run, by output name.
+        qc: the quality verdict of every input of this run that was read, by output name
+            (``reject`` for those refused before the network).
     """
 
     output_dir: Path
     segmented: list[InferenceInput] = field(default_factory=list)
     up_to_date: list[InferenceInput] = field(default_factory=list)
+    rejected: list[SkippedInput] = field(default_factory=list)
     skipped: list[SkippedInput] = field(default_factory=list)
     failed: list[SkippedInput] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
@@ -134,22 +139,28 @@ class InferenceSummary:
     @property
     def found_nothing(self) -> bool:
         """True when the inputs held no file at all to segment, skip or report."""
-        return not (self.segmented or self.up_to_date or self.skipped or self.failed)
+        return not (self.segmented or self.up_to_date or self.rejected or self.skipped or self.failed)
+
+    @property
+    def segmented_nothing(self) -> bool:
+        """True when inputs were found but none has a mask (all rejected, skipped or failed)."""
+        return not (self.segmented or self.up_to_date or self.found_nothing)
 
     def report(self) -> str:
-        """A few lines for people: counts, then each failure and skip with its reason."""
+        """A few lines for people: counts, then each failure, rejection and skip with its reason."""
         lines = [
             (
-                f"{len(self.segmented)} segmented, {len(self.up_to_date)} already done, "
+                f"{len(self.segmented)} segmented, {len(self.rejected)} rejected, {len(self.up_to_date)} already done, "
                 f"{len(self.skipped)} skipped, {len(self.failed)} failed; outputs in '{self.output_dir}'"
             )
         ]
         if self.qc:
             counts = self.qc_counts()
             lines.append(
-                "quality control: " + ", ".join(f"{counts[s]} {s}" for s in QC_STATUSES if counts[s] or s != "unavailable")
+                "quality control: "
+                + ", ".join(f"{counts[s]} {s}" for s in QC_STATUSES if counts[s] or s != QC_UNAVAILABLE)
+                + (f" ({len(self.rejected)} refused before the network)" if self.rejected else "")
             )
-        lines += [f"FAILED '{s.path}': {s.reason}" for s in self.failed]
         by_name = {item.name: item for item in self.segmented}
         flagged = [(n, r) for n, r in sorted(self.qc.items()) if r.status in (QC_REVIEW, QC_REJECT) and n in by_name]
         for name, result in flagged[:MAX_QC_LINES]:
@@ -159,6 +170,10 @@ class InferenceSummary:
                 f"... and {len(flagged) - MAX_QC_LINES} more masks to review or rejected: see qc_status in "
                 f"'{self.output_dir / MEASUREMENTS_FILE}'"
             )
+        if self.segmented_nothing:
+            lines.append("nothing was segmented: every input was rejected, skipped or failed (reasons below)")
+        lines += [f"FAILED '{s.path}': {s.reason}" for s in self.failed]
+        lines += [f"rejected '{s.path}': {s.reason}" for s in self.rejected]
         lines += [f"skipped '{s.path}': {s.reason}" for s in self.skipped]
         return "\n".join(lines)
 
@@ -215,7 +230,9 @@ def _plan(
 
 
 def _load(segmenter: LungSegmenter, item: InferenceInput) -> tuple[Radiograph, torch.Tensor]:
+    """Read and prepare one input; :class:`ImplausibleInputError` when its pixels cannot be a radiograph."""
     radiograph = read_radiograph(item.path)
+    ensure_plausible(radiograph.pixels, item.path)
     return radiograph, segmenter.prepare(radiograph)
 
 
@@ -312,6 +329,8 @@ class _Pipeline:
             self._read_ahead(queue)
             try:
                 radiograph, tensor = future.result()
+            except ImplausibleInputError as e:  # read, but not a radiograph: refused, not failed
+                self._reject(job, e)
             except Exception as e:  # noqa: BLE001 - unreadable file: report it, go on with the others
                 self._fail(job, e)
             else:
@@ -364,6 +383,15 @@ class _Pipeline:
             self.summary.segmented.append(job.item)
             self.bar.update(1)
 
+    def _reject(self, job: _Job, error: ImplausibleInputError) -> None:
+        self.summary.rejected.append(SkippedInput(job.item.path, error.reason))
+        verdict = QCResult.refused(error.reason)
+        self.summary.qc[job.item.name] = verdict
+        if job.measure:
+            self.rows[job.item.name] = {"name": job.item.name, "input": str(job.item.path), **verdict.as_row()}
+        logger.debug("rejected '%s': %s", job.item.path, error.reason)  # listed again in summary.report()
+        self.bar.update(1)
+
     def _fail(self, job: _Job, error: BaseException) -> None:
         self.summary.failed.append(SkippedInput(job.item.path, _reason(error)))
         logger.error("'%s': %s", job.item.path, _reason(error))
@@ -382,6 +410,7 @@ def segment_files(
     postprocess: CleanLungMask | bool | None = True,
     progress: bool = True,
     write_rejected: bool = False,
+    check_headers: bool = True,
 ) -> InferenceSummary:
     """Segment radiographs in files, folders and DICOM studies and write the outputs.
 
@@ -400,9 +429,12 @@ def segment_files(
         postprocess: see :class:`LungSegmenter`; ignored when ``model`` is a LungSegmenter.
         progress: show a progress bar.
         write_rejected: also write DICOM SEGs of masks that quality control rejects.
+        check_headers: skip DICOM images whose header names another body part or modality
+            (False: segment them; the pixel checks still apply to every input).
 
     Returns:
-        An :class:`InferenceSummary`; ``summary.ok`` is False when any file failed.
+        An :class:`InferenceSummary`; ``summary.ok`` is False when any file failed (rejected
+        and skipped files do not count as failures).
 
     Example:
         >>> s = segment_files(["study/"], "out", "bundles/lung_cxr_segmentation/models/model.pt")  # doctest: +SKIP
@@ -417,7 +449,8 @@ def segment_files(
         model if isinstance(model, LungSegmenter) else LungSegmenter.from_model(model, device, postprocess=postprocess)
     )
     # Never segment our own outputs, even when OUT_DIR is (inside) an input folder.
-    found = discover_inputs(inputs, exclude=[output_dir, *(output_dir / folder for folder, _ in _LAYOUT.values())])
+    excluded = [output_dir, *(output_dir / folder for folder, _ in _LAYOUT.values())]
+    found = discover_inputs(inputs, exclude=excluded, check_headers=check_headers)
     summary = InferenceSummary(output_dir, skipped=list(found.skipped), failed=list(found.failed))
     for s in found.failed:
         logger.error("'%s': %s", s.path, s.reason)

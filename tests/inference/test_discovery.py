@@ -10,9 +10,10 @@ import pydicom
 import pytest
 from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA, require_shared
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from dicom_factory import copy_with, write_text_sr
+from dicom_factory import copy_with, write_non_chest_copies, write_text_sr
 
 from lungseg_monai.inference import classify_dicom, discover_inputs, inference_datalist
 
@@ -99,12 +100,15 @@ def _header(**attributes: str) -> pydicom.Dataset:
         ({"Modality": "OT", "SOPClassUID": SECONDARY_CAPTURE}, None),
         (
             {"Modality": "OT", "SOPClassUID": SECONDARY_CAPTURE, "BodyPartExamined": "HAND"},
-            "secondary capture of HAND, not of a chest",
+            "BodyPartExamined 'HAND' names HAND, not the chest",
         ),
         (
             {"Modality": "CT"},
-            "modality CT is not a chest radiograph (segmented: CR, DX and chest secondary captures)",
+            "modality CT (computed tomography) is not a chest radiograph "
+            "(segmented: CR, DX and chest secondary captures)",
         ),
+        ({"Modality": "CR", "BodyPartExamined": "HAND"}, "BodyPartExamined 'HAND' names HAND, not the chest"),
+        ({"Modality": "DX", "BodyPartExamined": "SKULL"}, "BodyPartExamined 'SKULL' names SKULL, not the chest"),
         (
             {"Modality": "DX", "ViewPosition": "RL"},
             "lateral view (ViewPosition RL); the model segments frontal (PA/AP) films",
@@ -113,6 +117,44 @@ def _header(**attributes: str) -> pydicom.Dataset:
 )
 def test_classify_dicom_headers_synthetic(attributes: dict, reason: str | None) -> None:
     assert classify_dicom(_header(**attributes)) == reason
+
+
+def test_header_check_can_be_turned_off_but_not_for_objects_without_images_synthetic() -> None:
+    assert classify_dicom(_header(Modality="CT", BodyPartExamined="HEAD"), check_headers=False) is None
+    assert classify_dicom(_header(Modality="DX", ViewPosition="LL"), check_headers=False).startswith("lateral view")
+    assert classify_dicom(_header(Modality="SR"), check_headers=False).startswith("SR object without an image")
+
+
+@pytest.fixture()
+def non_chest_folder(tmp_path: Path) -> Path:
+    """Real chest pixels (SIIM CR) under headers that say dental panoramic, hand and skull."""
+    require_shared()
+    write_non_chest_copies(DICOM_JPEG_SIIM, tmp_path / "non_chest")
+    return tmp_path / "non_chest"
+
+
+def test_dental_panoramic_hand_and_skull_crs_are_skipped_unless_header_check_is_off(non_chest_folder: Path) -> None:
+    found = discover_inputs([non_chest_folder])
+    assert found.inputs == []
+    assert {s.path.stem: s.reason for s in found.skipped} == {
+        "panoramic": "StudyDescription 'OPG PANORAMIC' names OPG, not the chest",
+        "hand": "BodyPartExamined 'HAND' names HAND, not the chest",
+        "skull": "BodyPartExamined 'SKULL' names SKULL, not the chest",
+    }
+    unchecked = discover_inputs([non_chest_folder], check_headers=False)
+    assert sorted(i.path.stem for i in unchecked.inputs) == ["hand", "panoramic", "skull"]
+    assert unchecked.skipped == []
+
+
+def test_real_non_chest_pydicom_files_are_skipped_by_header() -> None:
+    names = ("CT_small.dcm", "MR_small.dcm", "ExplVR_BigEnd.dcm")  # CT, MR, US shipped inside pydicom
+    found = discover_inputs([get_testdata_file(name, download=False) for name in names])
+    assert found.inputs == []
+    assert [s.reason.split(" is not")[0] for s in found.skipped] == [
+        "modality CT (computed tomography)",
+        "modality MR (magnetic resonance)",
+        "modality US (ultrasound)",
+    ]
 
 
 def test_classify_dicom_without_pixels_is_skipped_synthetic() -> None:

@@ -16,7 +16,7 @@ import pydicom
 import pytest
 from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA, require_shared
 from PIL import Image
-from dicom_factory import write_text_sr
+from dicom_factory import write_non_chest_copies, write_text_sr
 
 from lungseg_monai.cli import main
 from lungseg_monai.inference import LungSegmenter
@@ -49,6 +49,23 @@ def study_run(segmenting_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
         "infer", str(study), str(DICOM_JPEG_SIIM), str(png), "-o", str(out), "--model", str(model),
         "--formats", "mask,overlay,nifti,dicomseg,measurements", "--batch-size", "1", "--no-progress",
     ]  # fmt: skip
+    code, records = _run_logged(args)
+    sources = {_uid(DICOM_J2K_MONO1): DICOM_J2K_MONO1, _uid(DICOM_JPEG_SIIM): DICOM_JPEG_SIIM, PNG_NAMES[1]: png}
+    log = "\n".join(r.getMessage() for r in records)
+    return {"code": code, "out": out, "log": log, "sources": sources, "model": model}
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _run_logged(args: list[str]) -> tuple[int, list[logging.LogRecord]]:
+    """``lungseg ARGS`` with the package's log at INFO: (exit code, the log records)."""
     handler, logger = _ListHandler(), logging.getLogger("lungseg_monai")
     level = logger.level
     logger.addHandler(handler)
@@ -58,17 +75,7 @@ def study_run(segmenting_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    sources = {_uid(DICOM_J2K_MONO1): DICOM_J2K_MONO1, _uid(DICOM_JPEG_SIIM): DICOM_JPEG_SIIM, PNG_NAMES[1]: png}
-    return {"code": code, "out": out, "log": "\n".join(handler.messages), "sources": sources, "model": model}
-
-
-class _ListHandler(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+    return code, handler.records
 
 
 def test_study_run_segments_images_and_notes_the_report(study_run: dict) -> None:
@@ -158,7 +165,7 @@ def test_bad_file_in_a_batch_fails_alone_and_existing_outputs_are_kept(
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lungseg_monai"):
         assert main(args) == 1  # the broken file still fails; the others are already done
-    assert "0 segmented, 3 already done, 0 skipped, 1 failed" in caplog.text
+    assert "0 segmented, 0 rejected, 3 already done, 0 skipped, 1 failed" in caplog.text
     assert {p: p.stat().st_mtime_ns for p in (out / "masks").iterdir()} == mtimes
 
     # Like make: an image replaced after its mask was written is segmented again, then a retrained model redoes all.
@@ -167,17 +174,79 @@ def test_bad_file_in_a_batch_fails_alone_and_existing_outputs_are_kept(
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lungseg_monai"):
         assert main(args) == 1
-    assert "1 segmented, 2 already done, 0 skipped, 1 failed" in caplog.text
+    assert "1 segmented, 0 rejected, 2 already done, 0 skipped, 1 failed" in caplog.text
     os.utime(model, (later + 10, later + 10))
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lungseg_monai"):
         assert main(args) == 1
-    assert "3 segmented, 0 already done, 0 skipped, 1 failed" in caplog.text
+    assert "3 segmented, 0 rejected, 0 already done, 0 skipped, 1 failed" in caplog.text
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "masks").iterdir()}
 
     (folder / "broken.png").unlink()
     assert main([*args, "--overwrite"]) == 0
     assert all(p.stat().st_mtime_ns != mtimes[p] for p in mtimes)
+
+
+def _infer(model: Path, inputs: list[Path], out: Path, *extra: str) -> tuple[int, list[logging.LogRecord]]:
+    """``lungseg infer`` on ``inputs`` (masks, overlays, measurements): (exit code, the log records)."""
+    args = ["infer", *map(str, inputs), "-o", str(out), "--model", str(model),
+            "--formats", "mask,overlay,measurements", "--no-progress", *extra]  # fmt: skip
+    return _run_logged(args)
+
+
+def test_one_pixel_and_uniform_pngs_are_rejected_and_the_real_one_segmented_synthetic(
+    segmenting_bundle: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(SAMPLE_DATA / "images" / f"{PNG_NAMES[0]}.png", folder)
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(folder / "one_pixel.png")
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(folder / "uniform.png")
+    out = tmp_path / "out"
+    code, records = _infer(segmenting_bundle / "models" / "model.pt", [folder], out)
+    assert code == 0  # a rejection is not a failure
+    messages = {r.getMessage(): r.levelno for r in records}
+    assert messages[f"rejected '{folder / 'one_pixel.png'}': "
+                    "1x1 px is too small for a radiograph (the shorter side must be at least 64 px); "
+                    "constant image (every pixel is 0): nothing to segment"] == logging.WARNING  # fmt: skip
+    assert messages[f"rejected '{folder / 'uniform.png'}': "
+                    "8x8 px is too small for a radiograph (the shorter side must be at least 64 px); "
+                    "constant image (every pixel is 128): nothing to segment"] == logging.WARNING  # fmt: skip
+    assert any(m.startswith("1 segmented, 2 rejected, 0 already done, 0 skipped, 0 failed") for m in messages)
+    assert [p.name for p in (out / "masks").iterdir()] == [f"{PNG_NAMES[0]}.png"]
+    assert [p.name for p in (out / "overlays").iterdir()] == [f"{PNG_NAMES[0]}.png"]
+    with open(out / "measurements.csv", newline="") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == [PNG_NAMES[0]]
+
+
+def test_a_run_where_every_input_is_rejected_says_so(segmenting_bundle: Path, tmp_path: Path) -> None:
+    Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / "uniform.png")
+    code, records = _infer(segmenting_bundle / "models" / "model.pt", [tmp_path / "uniform.png"], tmp_path / "out")
+    assert code == 0
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert "nothing was segmented: every input was rejected, skipped or failed (reasons below)" in warnings
+    assert not (tmp_path / "out" / "masks").exists()
+
+
+def test_dicoms_whose_header_names_panoramic_hand_or_skull_are_skipped_unless_no_header_check(
+    segmenting_bundle: Path, tmp_path: Path
+) -> None:
+    require_shared()
+    files = write_non_chest_copies(DICOM_JPEG_SIIM, tmp_path / "in")
+    model = segmenting_bundle / "models" / "model.pt"
+    code, records = _infer(model, [tmp_path / "in"], tmp_path / "checked")
+    assert code == 0
+    messages = [r.getMessage() for r in records]
+    assert f"skipped '{files['panoramic']}': StudyDescription 'OPG PANORAMIC' names OPG, not the chest" in messages
+    assert f"skipped '{files['hand']}': BodyPartExamined 'HAND' names HAND, not the chest" in messages
+    assert f"skipped '{files['skull']}': BodyPartExamined 'SKULL' names SKULL, not the chest" in messages
+    assert any(m.startswith("0 segmented, 0 rejected, 0 already done, 3 skipped, 0 failed") for m in messages)
+    assert not (tmp_path / "checked" / "masks").exists()
+
+    code, records = _infer(model, [tmp_path / "in"], tmp_path / "unchecked", "--no-header-check")
+    assert code == 0
+    names = sorted(p.stem for p in (tmp_path / "unchecked" / "masks").iterdir())
+    assert names == sorted(_uid(path) for path in files.values())
 
 
 @pytest.mark.parametrize(
