@@ -9,7 +9,7 @@ Layout of ``output_dir``::
 
     masks/NAME.png        lung mask, 0/255, the input's rows x columns and orientation
     overlays/NAME.png     lung contour (red) over the radiograph
-    nifti/NAME.nii.gz     mask 0/1 with the pixel spacing (x = columns, y = rows)
+    nifti/NAME.nii.gz     mask 0/1 with the input's geometry (x = columns, y = rows)
     dicomseg/NAME.dcm     DICOM SEG referencing the source (DICOM inputs only)
     measurements.csv      one row per NAME: total, right and left lung area (px, cm²)
 """
@@ -190,7 +190,7 @@ def _write_outputs(
         elif fmt == "overlay":
             save_overlay(radiograph.pixels, mask, target)
         elif fmt == "nifti":
-            save_nifti_mask(mask, target, radiograph.spacing)
+            save_nifti_mask(mask, target, radiograph.geometry)
         elif fmt == "dicomseg":
             # Imported here: highdicom is only needed when DICOM SEGs are asked for.
             from lungseg_monai.outputs.dicom_seg import save_lung_seg

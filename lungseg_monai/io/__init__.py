@@ -9,6 +9,7 @@ from lungseg_monai.io.errors import (
     RadiographReadError,
     UnsupportedTransferSyntaxError,
 )
+from lungseg_monai.io.geometry import ImageGeometry
 from lungseg_monai.io.reader import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_SUFFIXES,
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "NON_IMAGE_MODALITIES",
     "SUPPORTED_SUFFIXES",
+    "ImageGeometry",
     "ImageTooLargeError",
     "MaskMismatchError",
     "Radiograph",
