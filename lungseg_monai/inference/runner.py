@@ -35,7 +35,7 @@ from lungseg_monai.inference.predictor import LungSegmenter
 from lungseg_monai.inference.transforms import CleanLungMask, mask_to_uint8_2d
 from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
 from lungseg_monai.outputs import save_overlay, save_png
-from lungseg_monai.outputs.measurements import measure_lungs, read_measurements, write_measurements
+from lungseg_monai.outputs.measurements import measure_radiograph, read_measurements, write_measurements
 from lungseg_monai.outputs.nifti import NIFTI_SUFFIX, save_nifti_mask
 
 __all__ = [
@@ -197,7 +197,7 @@ def _write_outputs(
 
             save_lung_seg(mask, job.item.path, target, seg_series[job.item.series_uid], __version__)
         written.append(target)
-    row = measure_lungs(mask, radiograph.spacing, job.item.name, str(job.item.path)) if job.measure else None
+    row = measure_radiograph(mask, radiograph, job.item.name) if job.measure else None
     return written, row
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lungseg_monai.io.dicom import NON_IMAGE_MODALITIES, is_dicom_file, read_dicom
+from lungseg_monai.io.dicom import NON_IMAGE_MODALITIES, is_dicom_file, patient_plane_spacing, read_dicom
 from lungseg_monai.io.errors import (
     ImageTooLargeError,
     MaskMismatchError,
@@ -35,6 +35,7 @@ __all__ = [
     "is_dicom_file",
     "looks_inverted",
     "max_pixels",
+    "patient_plane_spacing",
     "read_dicom",
     "read_mask",
     "read_radiograph",

@@ -67,9 +67,12 @@ class Radiograph:
     Attributes:
         pixels: float32 array (rows, columns); larger means denser (MONOCHROME2 convention).
         path: the source file.
-        spacing: (row, column) pixel spacing in mm, or None when the file does not say.
+        spacing: (row, column) pixel spacing in mm in the patient plane, or None when the file
+            does not say.
         meta: format details (photometric, bits, DICOM UIDs, ``polarity_corrected`` ...);
-            ``geometry`` is the file's :class:`ImageGeometry` (NIfTI, MetaImage, NRRD).
+            ``spacing_source`` says where ``spacing`` came from (``"PixelSpacing (GEOMETRY)"``,
+            ``"NIfTI header"``, ``"none"`` ...), ``patient_orientation`` is DICOM PatientOrientation
+            (or None) and ``geometry`` the file's :class:`ImageGeometry` (NIfTI, MetaImage, NRRD).
     """
 
     pixels: np.ndarray
@@ -167,6 +170,8 @@ def read_radiograph(path: str | os.PathLike, polarity: Literal["auto", "header"]
         pixels = pixels.max() + pixels.min() - pixels
         meta["polarity_corrected"] = True
     spacing = meta.pop("spacing", None)
+    if spacing is None:
+        meta["spacing_source"] = "none"
     return Radiograph(pixels=np.ascontiguousarray(pixels, dtype=np.float32), path=str(path), spacing=spacing, meta=meta)
 
 

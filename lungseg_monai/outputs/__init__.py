@@ -9,6 +9,7 @@ from lungseg_monai.outputs.atomic import atomic_path, save_png
 from lungseg_monai.outputs.measurements import (
     MEASUREMENT_COLUMNS,
     measure_lungs,
+    measure_radiograph,
     read_measurements,
     write_measurements,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "atomic_path",
     "mask_contour",
     "measure_lungs",
+    "measure_radiograph",
     "overlay_contours",
     "read_measurements",
     "save_label_map",

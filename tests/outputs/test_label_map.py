@@ -15,7 +15,7 @@ from stub_segmenter import stub_segmenter
 
 from lungseg_monai.inference.runner import segment_files
 from lungseg_monai.io import ImageGeometry, read_mask, read_radiograph
-from lungseg_monai.outputs import save_label_map
+from lungseg_monai.outputs import read_measurements, save_label_map
 
 SAMPLE = "41182_2020_203_Fig3_HTML"  # 512 rows x 464 columns
 # A coronal RAS affine with both image axes flipped against ITK's identity and an origin: voxel i
@@ -126,7 +126,7 @@ def test_lungseg_infer_nifti_output_of_a_nifti_input_has_the_input_affine(tmp_pa
     (tmp_path / "in").mkdir()
     _anatomical_nifti(tmp_path / "in" / "chest.nii.gz")
     summary = segment_files(
-        [tmp_path / "in"], tmp_path / "out", stub_segmenter(), formats="mask,nifti", progress=False
+        [tmp_path / "in"], tmp_path / "out", stub_segmenter(), formats="mask,nifti,measurements", progress=False
     )
     assert summary.ok and len(summary.segmented) == 1
     written = nib.load(tmp_path / "out" / "nifti" / "chest.nii.gz")
@@ -135,3 +135,6 @@ def test_lungseg_infer_nifti_output_of_a_nifti_input_has_the_input_affine(tmp_pa
         png_mask = np.asarray(img) // 255
     assert 0 < png_mask.sum() < png_mask.size
     np.testing.assert_array_equal(np.asarray(written.dataobj).T, png_mask)  # same pixels as the PNG mask
+    row = read_measurements(tmp_path / "out" / "measurements.csv")["chest"]
+    assert row["spacing_source"] == "NIfTI header"
+    assert (float(row["row_spacing_mm"]), float(row["column_spacing_mm"])) == pytest.approx((0.15, 0.2))
