@@ -29,7 +29,6 @@ import torch
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
-from lungseg_monai import __version__
 from lungseg_monai.inference.discovery import Discovery, InferenceInput, SkippedInput, discover_inputs
 from lungseg_monai.inference.predictor import LungSegmenter
 from lungseg_monai.inference.transforms import CleanLungMask, mask_to_uint8_2d
@@ -195,7 +194,7 @@ def _write_outputs(
             # Imported here: highdicom is only needed when DICOM SEGs are asked for.
             from lungseg_monai.outputs.dicom_seg import save_lung_seg
 
-            save_lung_seg(mask, job.item.path, target, seg_series[job.item.series_uid], __version__)
+            save_lung_seg(mask, job.item.path, target, seg_series[job.item.series_uid], segmenter.identity)
         written.append(target)
     row = measure_radiograph(mask, radiograph, job.item.name) if job.measure else None
     return written, row
