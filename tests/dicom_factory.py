@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pydicom
 from pydicom.dataset import FileMetaDataset
@@ -33,9 +35,12 @@ def write_text_sr(path: Path, study_uid: str) -> Path:
     return path
 
 
-def copy_with(source: Path, target: Path, **attributes: str | None) -> Path:
-    """Copy a DICOM file, changing some header attributes (None removes one; pixel data untouched)."""
+def copy_with(source: Path, target: Path, remove: Sequence[str] = (), **attributes: Any) -> Path:
+    """Copy a DICOM file, removing the ``remove`` attributes and setting others (None removes one too; pixel data untouched)."""
     ds = pydicom.dcmread(source)
+    for keyword in remove:
+        if keyword in ds:
+            delattr(ds, keyword)
     for keyword, value in attributes.items():
         if value is None:
             if keyword in ds:

@@ -9,7 +9,7 @@ Layout of ``output_dir``::
 
     masks/NAME.png        lung mask, 0/255, the input's rows x columns and orientation
     overlays/NAME.png     lung contour (red) over the radiograph
-    nifti/NAME.nii.gz     mask 0/1 with the pixel spacing (x = columns, y = rows)
+    nifti/NAME.nii.gz     mask 0/1 with the input's geometry (x = columns, y = rows)
     dicomseg/NAME.dcm     DICOM SEG referencing the source (DICOM inputs only; none for a
                           mask quality control rejects, unless ``write_rejected``)
     measurements.csv      one row per NAME: total, right and left lung area (px, cm²) and the
@@ -34,13 +34,12 @@ import torch
 from pydicom.uid import generate_uid
 from tqdm import tqdm
 
-from lungseg_monai import __version__
 from lungseg_monai.inference.discovery import Discovery, InferenceInput, SkippedInput, discover_inputs
 from lungseg_monai.inference.predictor import LungSegmenter, QCForward
 from lungseg_monai.inference.transforms import CleanLungMask, mask_to_uint8_2d
 from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
 from lungseg_monai.outputs import save_overlay, save_png
-from lungseg_monai.outputs.measurements import measure_lungs, read_measurements, write_measurements
+from lungseg_monai.outputs.measurements import measure_radiograph, read_measurements, write_measurements
 from lungseg_monai.outputs.nifti import NIFTI_SUFFIX, save_nifti_mask
 from lungseg_monai.qc.quality import QC_REJECT, QC_REVIEW, QC_STATUSES, QC_UNAVAILABLE, QCResult
 from lungseg_monai.qc.input import ImplausibleInputError, ensure_plausible
@@ -268,7 +267,7 @@ def _write_outputs(
         elif fmt == "overlay":
             save_overlay(radiograph.pixels, mask, target)
         elif fmt == "nifti":
-            save_nifti_mask(mask, target, radiograph.spacing)
+            save_nifti_mask(mask, target, radiograph.geometry)
         elif fmt == "dicomseg":
             # Imported here: highdicom is only needed when DICOM SEGs are asked for.
             from lungseg_monai.outputs.dicom_seg import save_lung_seg
@@ -278,11 +277,11 @@ def _write_outputs(
                 job.item.path,
                 target,
                 options.seg_series[job.item.series_uid],
-                __version__,
+                segmenter.identity,
                 content_description=_seg_description(qc),
             )
         written.append(target)
-    row = measure_lungs(mask, radiograph.spacing, job.item.name, str(job.item.path)) if job.measure else None
+    row = measure_radiograph(mask, radiograph, job.item.name) if job.measure else None
     if row is not None:
         row.update(qc.as_row())
     return written, row, qc

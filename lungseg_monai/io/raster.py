@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from lungseg_monai.io.errors import ImageTooLargeError, RadiographReadError
+from lungseg_monai.io.geometry import ImageGeometry
 
 __all__ = ["read_raster", "read_volume_file", "RASTER_SUFFIXES", "VOLUME_SUFFIXES"]
 
@@ -24,6 +25,8 @@ _WARNING_FILTER_LOCK = threading.Lock()
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 VOLUME_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii", ".nii.gz")
+_NRRD_SUFFIXES = (".nrrd", ".nhdr")
+_NIFTI_SPATIAL_AXES = 3  # the affine places x, y and z; later axes (time ...) have no position
 
 
 def read_raster(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -81,7 +84,7 @@ def _read_raster(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[st
             raise RadiographReadError(path, f"pixel data cannot be decoded ({type(e).__name__}: {e})") from e
     if pixels.ndim != 2:
         raise RadiographReadError(path, f"expected a 2D image, got shape {pixels.shape} (mode {mode})")
-    return pixels, {"spacing": None, "photometric": f"PIL:{mode}", "bits_stored": bits}
+    return pixels, {"spacing": None, "spacing_source": "none", "photometric": f"PIL:{mode}", "bits_stored": bits}
 
 
 def _squeeze_2d(path: str | Path, data: np.ndarray) -> np.ndarray:
@@ -91,11 +94,38 @@ def _squeeze_2d(path: str | Path, data: np.ndarray) -> np.ndarray:
     return data
 
 
+def _image_axes(size: tuple[int, ...]) -> tuple[int, int]:
+    """File axes (in x, y, z order) of the (columns, rows) of a radiograph: the axes longer than 1."""
+    axes = [axis for axis, n in enumerate(size) if n > 1]
+    return (axes[0], axes[1]) if len(axes) == 2 else (0, 1)  # other shapes are refused by _squeeze_2d
+
+
+def _nifti_geometry(img: Any, axes: tuple[int, int]) -> ImageGeometry | None:
+    """The geometry of a NIfTI image when its header states one (qform or sform code above 0)."""
+    header = img.header
+    coded = int(header.get("sform_code", 0)) > 0 or int(header.get("qform_code", 0)) > 0
+    if not coded or max(axes) >= _NIFTI_SPATIAL_AXES:
+        return None  # nibabel would make an affine up; the file gives none
+    geometry = ImageGeometry.from_nifti_affine(img.affine)
+    return geometry.with_axes_first(axes) if geometry is not None else None
+
+
+def _itk_geometry(img: Any, axes: tuple[int, int]) -> ImageGeometry | None:
+    import itk
+
+    geometry = ImageGeometry.from_arrays(
+        tuple(img.GetSpacing()), tuple(img.GetOrigin()), itk.array_from_matrix(img.GetDirection())
+    )
+    return geometry.with_axes_first(axes) if geometry is not None else None
+
+
 def read_volume_file(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a 2D radiograph stored as MetaImage/NRRD (through ITK) or NIfTI (through nibabel).
 
     NIfTI stores the first axis as x (columns); it is transposed to (rows, columns). Spacing is
-    returned as (row, column) millimetres.
+    returned as (row, column) millimetres; ``meta["geometry"]`` is the file's
+    :class:`~lungseg_monai.io.geometry.ImageGeometry` (None for a NIfTI file that states none),
+    ``meta["spacing_source"]`` names the header the spacing came from.
     """
     name = str(path).lower()
     try:
@@ -106,8 +136,9 @@ def read_volume_file(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dic
             if int(np.prod(img.shape)) > max_pixels:
                 raise ImageTooLargeError(path, f"{img.shape} exceeds the limit of {max_pixels} pixels")
             data = _squeeze_2d(path, img.get_fdata(dtype=np.float32)).T
-            zooms = img.header.get_zooms()
-            spacing = (float(zooms[1]), float(zooms[0]))
+            axes = _image_axes(tuple(img.shape))
+            zooms = tuple(float(z) for z in img.header.get_zooms())
+            geometry, header_name = _nifti_geometry(img, axes), "NIfTI"
         else:
             import itk
 
@@ -116,12 +147,21 @@ def read_volume_file(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dic
             if int(np.prod(size)) > max_pixels:
                 raise ImageTooLargeError(path, f"{size} exceeds the limit of {max_pixels} pixels")
             data = _squeeze_2d(path, itk.array_from_image(img)).astype(np.float32)
-            sp = tuple(float(s) for s in img.GetSpacing())
-            spacing = (sp[1], sp[0])
+            axes = _image_axes(size)
+            zooms = tuple(float(s) for s in img.GetSpacing())
+            geometry, header_name = _itk_geometry(img, axes), "NRRD" if name.endswith(_NRRD_SUFFIXES) else "MetaImage"
+        spacing: tuple[float, float] | None = (zooms[axes[1]], zooms[axes[0]])
     except RadiographReadError:
         raise
     except Exception as e:
         raise RadiographReadError(path, f"not a readable image ({type(e).__name__}: {e})") from e
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         spacing = None
-    return data.astype(np.float32), {"spacing": spacing, "photometric": "MONOCHROME2", "bits_stored": 16}
+    meta = {
+        "spacing": spacing,
+        "spacing_source": f"{header_name} header" if spacing is not None else "none",
+        "geometry": geometry,
+        "photometric": "MONOCHROME2",
+        "bits_stored": 16,
+    }
+    return data.astype(np.float32), meta

@@ -17,6 +17,7 @@ import numpy as np
 
 from lungseg_monai.io.dicom import is_dicom_file, read_dicom
 from lungseg_monai.io.errors import MaskMismatchError, RadiographReadError
+from lungseg_monai.io.geometry import ImageGeometry
 from lungseg_monai.io.raster import RASTER_SUFFIXES, VOLUME_SUFFIXES, read_raster, read_volume_file
 
 __all__ = [
@@ -66,8 +67,12 @@ class Radiograph:
     Attributes:
         pixels: float32 array (rows, columns); larger means denser (MONOCHROME2 convention).
         path: the source file.
-        spacing: (row, column) pixel spacing in mm, or None when the file does not say.
-        meta: format details (photometric, bits, DICOM UIDs, ``polarity_corrected`` ...).
+        spacing: (row, column) pixel spacing in mm in the patient plane, or None when the file
+            does not say.
+        meta: format details (photometric, bits, DICOM UIDs, ``polarity_corrected`` ...);
+            ``spacing_source`` says where ``spacing`` came from (``"PixelSpacing (GEOMETRY)"``,
+            ``"NIfTI header"``, ``"none"`` ...), ``patient_orientation`` is DICOM PatientOrientation
+            (or None) and ``geometry`` the file's :class:`ImageGeometry` (NIfTI, MetaImage, NRRD).
     """
 
     pixels: np.ndarray
@@ -78,6 +83,17 @@ class Radiograph:
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+    @property
+    def geometry(self) -> ImageGeometry | None:
+        """Where the pixels lie: the file's geometry, else ITK's identity convention with the spacing.
+
+        None when neither is known (a PNG): a mask written with it has 1 mm pixels of unknown unit.
+        """
+        geometry = self.meta.get("geometry")
+        if geometry is None and self.spacing is not None:
+            geometry = ImageGeometry.from_spacing(self.spacing)
+        return geometry
 
 
 def looks_inverted(pixels: np.ndarray) -> bool:
@@ -154,6 +170,8 @@ def read_radiograph(path: str | os.PathLike, polarity: Literal["auto", "header"]
         pixels = pixels.max() + pixels.min() - pixels
         meta["polarity_corrected"] = True
     spacing = meta.pop("spacing", None)
+    if spacing is None:
+        meta["spacing_source"] = "none"
     return Radiograph(pixels=np.ascontiguousarray(pixels, dtype=np.float32), path=str(path), spacing=spacing, meta=meta)
 
 

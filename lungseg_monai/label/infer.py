@@ -4,8 +4,9 @@ The mask goes through :class:`lungseg_monai.inference.LungSegmenter`, like every
 segmenting in this project, and comes back at the image's own size as a label map (0 background,
 1 lung). PNG images get a PNG mask that lines up pixel for pixel (ITK, and so 3D Slicer, reads
 every PNG with 1 mm pixels). Other files (DICOM, JPEG and TIFF with a resolution, volumes) get an
-NRRD mask carrying the geometry (spacing, origin, direction) ITK reads from the image's header, so
-that it overlays the image in 3D Slicer, which places both by that geometry.
+NRRD mask carrying the image's geometry (spacing, origin, direction; see :func:`label_geometry`),
+written by :func:`lungseg_monai.outputs.label_map.save_label_map` like the NIfTI masks of
+``lungseg infer``, so that it overlays the image in 3D Slicer, which places both by that geometry.
 """
 
 from __future__ import annotations
@@ -14,24 +15,21 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from lungseg_monai.io import RadiographReadError, read_radiograph
+from lungseg_monai.io import ImageGeometry, Radiograph, RadiographReadError, read_radiograph
 from lungseg_monai.label import LABEL_NAMES
 from lungseg_monai.label.errors import BadRequestError
 from lungseg_monai.label.models import ReloadingSegmenter
-from lungseg_monai.outputs import atomic_path, save_png
+from lungseg_monai.outputs.label_map import save_label_map
 
 __all__ = [
     "LungSegInferTask",
-    "Geometry",
+    "label_geometry",
     "read_geometry",
-    "write_label_map",
     "default_result_extension",
     "RESULT_EXTENSIONS",
 ]
@@ -47,17 +45,7 @@ def default_result_extension(image_path: str | os.PathLike) -> str:
     return ".png" if str(image_path).lower().endswith(".png") else ".nrrd"
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """Where an image's pixels lie in space, as ITK (and so 3D Slicer) reads it from the file's header."""
-
-    dimension: int
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]  # row-major dimension x dimension matrix
-
-
-def read_geometry(image_path: str | os.PathLike) -> Geometry | None:
+def read_geometry(image_path: str | os.PathLike) -> ImageGeometry | None:
     """The header geometry SimpleITK reads (no pixel decoding), or None when it cannot read the file."""
     import SimpleITK as sitk
 
@@ -68,41 +56,18 @@ def read_geometry(image_path: str | os.PathLike) -> Geometry | None:
     except RuntimeError as e:
         logger.debug("SimpleITK cannot read the header of '%s': %s", image_path, e)
         return None
-    return Geometry(reader.GetDimension(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    if reader.GetDimension() not in (2, 3):
+        return None
+    return ImageGeometry.from_arrays(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
 
-def write_label_map(
-    mask: np.ndarray,
-    target: str | os.PathLike,
-    reference: str | os.PathLike | None = None,
-    spacing: tuple[float, float] | None = None,
-) -> Path:
-    """Write a (rows, columns) uint8 label map as PNG, NRRD, NIfTI or MetaImage (by ``target``'s suffix).
+def label_geometry(radiograph: Radiograph) -> ImageGeometry | None:
+    """The geometry 3D Slicer gives the image, for its label map.
 
-    Rows and columns are never swapped: row ``r``, column ``c`` of ``mask`` is pixel (x=c, y=r) of
-    the file, like the image it was made from. Non-PNG files take the geometry read from
-    ``reference``'s header (spacing, origin, direction; a single-slice volume stays one), else
-    ``spacing`` ((row, column) mm), else 1 mm pixels.
+    The file's own for NIfTI, MetaImage and NRRD (as the reader kept it), else what ITK reads from
+    the header (DICOM, a JPEG or TIFF resolution), else the radiograph's pixel spacing.
     """
-    target = Path(target)
-    if target.name.lower().endswith(".png"):
-        return save_png(mask.astype(np.uint8), target)
-    import SimpleITK as sitk
-
-    geometry = read_geometry(reference) if reference is not None else None
-    if geometry is not None and geometry.dimension not in (2, 3):
-        geometry = None
-    array = np.ascontiguousarray(mask, dtype=np.uint8)
-    image = sitk.GetImageFromArray(array[None] if geometry is not None and geometry.dimension == 3 else array)
-    if geometry is not None:
-        image.SetSpacing(geometry.spacing)
-        image.SetOrigin(geometry.origin)
-        image.SetDirection(geometry.direction)
-    elif spacing is not None:
-        image.SetSpacing((float(spacing[1]), float(spacing[0])))
-    with atomic_path(target) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-    return target
+    return radiograph.meta.get("geometry") or read_geometry(radiograph.path) or radiograph.geometry
 
 
 class LungSegInferTask(InferTask):
@@ -149,7 +114,7 @@ class LungSegInferTask(InferTask):
 
         fd, name = tempfile.mkstemp(prefix="lungseg_mask_", suffix=extension)
         os.close(fd)
-        write_label_map(mask, name, reference=image, spacing=radiograph.spacing)
+        save_label_map(mask, name, label_geometry(radiograph))
         done = time.perf_counter()
         params = {
             "label_names": dict(LABEL_NAMES),

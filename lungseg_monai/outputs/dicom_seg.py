@@ -8,8 +8,14 @@ and has one BINARY segment "Lung" coded SCT 123037004 "Anatomical Structure" / S
 Frame of reference: a projection radiograph (CR, DX, secondary capture) usually has none, and its
 SEG then has none either. Its pixels correspond one to one to the source's (PS3.3 A.51.5.1: "If
 the Frame of Reference UID is not present, each pixel of the segmentation shall correspond to a
-pixel in a referenced image"). Inventing a Frame of Reference UID would oblige the SEG to state
-plane positions and orientations the source never had. A source that has one passes its UID on.
+pixel in a referenced image"). A Frame of Reference UID obliges the SEG to state plane positions
+and orientations, so the source's is passed on only when the source states its plane too
+(ImagePositionPatient, ImageOrientationPatient and PixelSpacing): the SEG then has the source's
+plane position, orientation and pixel measures. A Frame of Reference UID alone is not passed on.
+
+Algorithm identification: the segment's algorithm version is the model's identity (name and hash
+of its weights, :attr:`lungseg_monai.inference.LungSegmenter.identity`), so SEGs of two models can
+be told apart; Software Versions is the lungseg_monai version that wrote the file.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from lungseg_monai import __version__
 from lungseg_monai.outputs.atomic import atomic_path
 
-__all__ = ["LUNG_SEGMENT_LABEL", "lung_segment_description", "make_lung_seg", "save_lung_seg"]
+__all__ = ["LUNG_SEGMENT_LABEL", "has_image_plane", "lung_segment_description", "make_lung_seg", "save_lung_seg"]
 
 LUNG_SEGMENT_LABEL = "Lung"
 ANATOMICAL_STRUCTURE = ("123037004", "SCT", "Anatomical Structure")
@@ -40,6 +47,14 @@ CONTENT_DESCRIPTION = "Lungs segmented automatically"
 # Content Description is a LO (Long String) attribute: at most 64 characters.
 _LO_MAX_CHARS = 64
 
+# What a source without a full image plane loses in the copy highdicom sees.
+_IMAGE_PLANE_KEYWORDS = (
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+)
 # Type 2 attributes of the Patient and General Study modules that highdicom copies and requires.
 _TYPE2_COPIED = (
     "PatientID",
@@ -64,8 +79,12 @@ _LOSSY_METHOD = {
 }
 
 
-def lung_segment_description(software_version: str) -> hd.seg.SegmentDescription:
-    """Segment 1, "Lung": SCT Anatomical Structure / Lung, found automatically by an AI algorithm."""
+def lung_segment_description(algorithm_version: str) -> hd.seg.SegmentDescription:
+    """Segment 1, "Lung": SCT Anatomical Structure / Lung, found automatically by an AI algorithm.
+
+    Args:
+        algorithm_version: the model's identity, recorded as the Algorithm Version.
+    """
     return hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=LUNG_SEGMENT_LABEL,
@@ -73,25 +92,41 @@ def lung_segment_description(software_version: str) -> hd.seg.SegmentDescription
         segmented_property_type=hd.sr.CodedConcept(*LUNG),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=MODEL_NAME, family=hd.sr.CodedConcept(*ARTIFICIAL_INTELLIGENCE), version=software_version
+            name=MODEL_NAME, family=hd.sr.CodedConcept(*ARTIFICIAL_INTELLIGENCE), version=algorithm_version
         ),
     )
 
 
-def _source_for_highdicom(source: Dataset, source_size_bytes: int | None) -> tuple[Dataset, str | None]:
+def has_image_plane(source: Dataset) -> bool:
+    """True when the source states where its plane lies: Frame of Reference UID, IPP, IOP and Pixel Spacing."""
+    return all(
+        source.get(keyword) not in (None, "")
+        for keyword in ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+    )
+
+
+def _source_for_highdicom(source: Dataset, source_size_bytes: int | None) -> Dataset:
     """A copy of the source header that highdicom accepts for a pixel-aligned 2D segmentation.
 
-    Returns the copy and the source's Frame of Reference UID (or None). The copy has no Frame of
-    Reference (so highdicom references the source per frame instead of by plane geometry, which
-    radiographs lack) and no Pixel Spacing (highdicom 0.22 cannot read back the Pixel Measures it
-    would write without a slice thickness); missing type 2 patient/study attributes are empty, and
-    lossy-compression details highdicom copies are completed from the transfer syntax.
+    A source with an image plane (:func:`has_image_plane`) keeps it, so that highdicom gives the
+    SEG its Frame of Reference, plane position, orientation and pixel measures (an absent Slice
+    Thickness, type 2 in the Image Plane module, is made empty: highdicom reads it). Any other
+    source loses its Frame of Reference (so highdicom references the source per frame instead of
+    by plane geometry, which it lacks) and its Pixel Spacing (highdicom 0.22 cannot read back the
+    Pixel Measures it would write without a slice thickness). Missing type 2 patient/study
+    attributes are made empty, and lossy-compression details highdicom copies are completed from
+    the transfer syntax.
     """
     header = copy.deepcopy(source)
-    frame_of_reference = str(header.FrameOfReferenceUID) if "FrameOfReferenceUID" in header else None
-    for keyword in ("FrameOfReferenceUID", "PixelSpacing", "PixelData"):
-        if keyword in header:
-            delattr(header, keyword)
+    if "PixelData" in header:
+        del header.PixelData
+    if has_image_plane(header):
+        if "SliceThickness" not in header:
+            header.SliceThickness = ""
+    else:
+        for keyword in _IMAGE_PLANE_KEYWORDS:
+            if keyword in header:
+                delattr(header, keyword)
     for keyword in _TYPE2_COPIED:
         if keyword not in header:
             setattr(header, keyword, "")
@@ -114,14 +149,14 @@ def _source_for_highdicom(source: Dataset, source_size_bytes: int | None) -> tup
         if "LossyImageCompressionMethod" not in header or "LossyImageCompressionRatio" not in header:
             # Unknown details: highdicom would fail; mark the SEG lossy-derived after it is built.
             header.LossyImageCompression = "00"
-    return header, frame_of_reference
+    return header
 
 
 def make_lung_seg(
     mask: np.ndarray,
     source: Dataset,
     series_instance_uid: str,
-    software_version: str,
+    algorithm_version: str,
     source_size_bytes: int | None = None,
     sop_instance_uid: str | None = None,
     content_description: str = CONTENT_DESCRIPTION,
@@ -132,7 +167,8 @@ def make_lung_seg(
         mask: (rows, columns); non-zero is lung. Must match the source's Rows x Columns.
         source: the source image's dataset (pixel data not needed).
         series_instance_uid: the SEG series (share it between SEGs of one source series).
-        software_version: recorded as the algorithm version and Software Versions.
+        algorithm_version: the model's identity (:attr:`LungSegmenter.identity`), recorded as the
+            segment's Algorithm Version; Software Versions is the lungseg_monai version.
         source_size_bytes: size of the source file, used to state an approximate compression
             ratio when a lossy source does not.
         sop_instance_uid: the SEG's SOP Instance UID (default: a new one).
@@ -148,29 +184,26 @@ def make_lung_seg(
             f"mask is {mask.shape[1]}x{mask.shape[0]} but the source DICOM is {columns}x{rows}; "
             "a SEG must have the source's rows and columns"
         )
-    header, frame_of_reference = _source_for_highdicom(source, source_size_bytes)
+    header = _source_for_highdicom(source, source_size_bytes)
     lossy_unknown = str(source.get("LossyImageCompression", "")) == "01" and header.LossyImageCompression == "00"
     seg = hd.seg.Segmentation(
         source_images=[header],
         pixel_array=(np.asarray(mask) != 0)[np.newaxis],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[lung_segment_description(software_version)],
+        segment_descriptions=[lung_segment_description(algorithm_version)],
         series_instance_uid=series_instance_uid,
         series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=sop_instance_uid or generate_uid(),
         instance_number=int(source.get("InstanceNumber", 1) or 1),
         manufacturer=MANUFACTURER,
         manufacturer_model_name=MODEL_NAME,
-        software_versions=software_version,
+        software_versions=__version__,
         device_serial_number="",
         content_label="LUNG",
         content_description=content_description[:_LO_MAX_CHARS],
         series_description=SEG_SERIES_DESCRIPTION,
         omit_empty_frames=False,
     )
-    if frame_of_reference is not None:
-        seg.FrameOfReferenceUID = frame_of_reference
-        seg.PositionReferenceIndicator = source.get("PositionReferenceIndicator", "")
     if lossy_unknown:
         seg.LossyImageCompression = "01"
     return seg
@@ -181,7 +214,7 @@ def save_lung_seg(
     source_path: str | os.PathLike,
     target: str | os.PathLike,
     series_instance_uid: str,
-    software_version: str,
+    algorithm_version: str,
     content_description: str = CONTENT_DESCRIPTION,
 ) -> Path:
     """Read the source DICOM's header, build :func:`make_lung_seg` and write it atomically.
@@ -195,7 +228,7 @@ def save_lung_seg(
         mask,
         source,
         series_instance_uid=series_instance_uid,
-        software_version=software_version,
+        algorithm_version=algorithm_version,
         source_size_bytes=source_path.stat().st_size,
         content_description=content_description,
     )

@@ -12,10 +12,11 @@ sitk = pytest.importorskip("SimpleITK")
 
 from PIL import Image  # noqa: E402
 
-from lungseg_monai.io import read_mask  # noqa: E402
+from lungseg_monai.io import Radiograph, read_mask  # noqa: E402
 from lungseg_monai.label.errors import BadRequestError  # noqa: E402
-from lungseg_monai.label.infer import LungSegInferTask, default_result_extension, write_label_map  # noqa: E402
+from lungseg_monai.label.infer import LungSegInferTask, default_result_extension, label_geometry  # noqa: E402
 from lungseg_monai.label.models import ModelStore, ReloadingSegmenter  # noqa: E402
+from lungseg_monai.outputs.label_map import save_label_map  # noqa: E402
 
 
 def _synthetic_asymmetric_mask() -> np.ndarray:
@@ -23,6 +24,11 @@ def _synthetic_asymmetric_mask() -> np.ndarray:
     mask[2:10, 5:40] = 1  # a wide block near the top
     mask[20:28, 44:48] = 1  # a small block at the bottom right
     return mask
+
+
+def _radiograph(path: Path, spacing: tuple[float, float] | None = None) -> Radiograph:
+    """A radiograph of ``path`` as the reader would give it, without its pixels (label_geometry reads headers)."""
+    return Radiograph(pixels=np.zeros((1, 1), np.float32), path=str(path), spacing=spacing)
 
 
 def _read_back(path: Path) -> np.ndarray:
@@ -35,7 +41,7 @@ def _read_back(path: Path) -> np.ndarray:
 @pytest.mark.parametrize("suffix", [".png", ".nrrd", ".nii.gz", ".mha"])
 def test_write_label_map_keeps_orientation_of_synthetic_asymmetric_mask(tmp_path: Path, suffix: str) -> None:
     mask = _synthetic_asymmetric_mask()
-    target = write_label_map(mask, tmp_path / f"mask{suffix}")
+    target = save_label_map(mask, tmp_path / f"mask{suffix}")
     np.testing.assert_array_equal(_read_back(target), mask)
     if suffix in (".png", ".nii.gz"):  # what clients upload as corrected labels (3D Slicer: .nii.gz)
         np.testing.assert_array_equal(read_mask(target).pixels, mask)
@@ -48,17 +54,17 @@ def test_write_label_map_copies_the_reference_geometry_synthetic(tmp_path: Path)
     reference.SetOrigin((10.0, -3.0, 7.0))
     sitk.WriteImage(reference, str(tmp_path / "image.nrrd"))
 
-    written = sitk.ReadImage(str(write_label_map(mask, tmp_path / "mask.nrrd", reference=tmp_path / "image.nrrd")))
+    geometry = label_geometry(_radiograph(tmp_path / "image.nrrd"))
+    written = sitk.ReadImage(str(save_label_map(mask, tmp_path / "mask.nrrd", geometry)))
     assert written.GetSize() == (50, 30, 1)
     assert written.GetSpacing() == (0.25, 0.5, 2.0)
     assert written.GetOrigin() == (10.0, -3.0, 7.0)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written)[0], mask)
 
 
-def test_write_label_map_uses_the_radiograph_spacing_without_reference(tmp_path: Path) -> None:
-    written = sitk.ReadImage(
-        str(write_label_map(_synthetic_asymmetric_mask(), tmp_path / "m.nrrd", spacing=(0.2, 0.1)))
-    )
+def test_write_label_map_uses_the_radiograph_spacing_without_a_readable_header(tmp_path: Path) -> None:
+    geometry = label_geometry(_radiograph(tmp_path / "missing.dcm", spacing=(0.2, 0.1)))
+    written = sitk.ReadImage(str(save_label_map(_synthetic_asymmetric_mask(), tmp_path / "m.nrrd", geometry)))
     assert written.GetSpacing() == pytest.approx((0.1, 0.2))  # (x = column, y = row)
 
 
@@ -91,6 +97,7 @@ def test_infer_refuses_an_unsupported_result_extension(tmp_path: Path) -> None:
 def test_write_label_map_takes_a_jpeg_resolution_like_3d_slicer_synthetic(tmp_path: Path) -> None:
     mask = _synthetic_asymmetric_mask()
     Image.fromarray(mask * 200).save(tmp_path / "image.jpg", dpi=(72, 72))  # ITK reads 25.4 / 72 mm pixels
-    written = sitk.ReadImage(str(write_label_map(mask, tmp_path / "mask.nrrd", reference=tmp_path / "image.jpg")))
+    geometry = label_geometry(_radiograph(tmp_path / "image.jpg"))
+    written = sitk.ReadImage(str(save_label_map(mask, tmp_path / "mask.nrrd", geometry)))
     assert written.GetSpacing() == pytest.approx((25.4 / 72, 25.4 / 72))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(written), mask)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import highdicom as hd
@@ -10,7 +11,10 @@ import pydicom
 import pytest
 from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, require_shared
 from pydicom.uid import generate_uid
+from stub_segmenter import stub_segmenter
 
+from lungseg_monai import __version__
+from lungseg_monai.inference.runner import segment_files
 from lungseg_monai.outputs.dicom_seg import make_lung_seg, save_lung_seg
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -72,12 +76,62 @@ def test_seg_references_source_and_reads_back(tmp_path: Path, source_path: Path)
     assert seg.LossyImageCompressionMethod in ("ISO_10918_1", "ISO_15444_1")
 
 
-def test_frame_of_reference_of_the_source_is_kept() -> None:
+def _write_and_read_back(seg: hd.seg.Segmentation, path: Path) -> hd.seg.Segmentation:
+    seg.save_as(str(path))
+    return hd.seg.segread(path)
+
+
+def test_frame_of_reference_without_an_image_plane_is_not_passed_on(tmp_path: Path) -> None:
+    """A source FoR UID without IPP/IOP would oblige the SEG to state a plane the source never had."""
     require_shared()
     source = pydicom.dcmread(DICOM_J2K_MONO1, stop_before_pixels=True)
+    source.FrameOfReferenceUID = generate_uid()
+    assert "ImagePositionPatient" not in source and "ImageOrientationPatient" not in source
+    mask = _mask_for(source)
+    seg = _write_and_read_back(make_lung_seg(mask, source, generate_uid(), "9.9.9"), tmp_path / "seg.dcm")
+    assert "FrameOfReferenceUID" not in seg and "PositionReferenceIndicator" not in seg
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert "PlaneOrientationSequence" not in shared
+    assert "PlanePositionSequence" not in seg.PerFrameFunctionalGroupsSequence[0]
+    pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1])
+    np.testing.assert_array_equal(pixels[0, :, :, 0], mask)
+
+
+def test_frame_of_reference_with_an_image_plane_comes_with_plane_position_and_orientation(tmp_path: Path) -> None:
+    require_shared()
+    source = pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True)
     source.FrameOfReferenceUID = for_uid = generate_uid()
-    seg = make_lung_seg(_mask_for(source), source, generate_uid(), "9.9.9")
+    source.ImagePositionPatient = [-172.0, 0.0, 190.0]
+    source.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]  # coronal: rows to the left, columns down
+    mask = _mask_for(source)
+    seg = _write_and_read_back(make_lung_seg(mask, source, generate_uid(), "9.9.9"), tmp_path / "seg.dcm")
     assert seg.FrameOfReferenceUID == for_uid
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [1, 0, 0, 0, 0, -1]
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == [0.168, 0.168]
+    position = seg.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0].ImagePositionPatient
+    assert [float(v) for v in position] == [-172.0, 0.0, 190.0]
+    pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1])
+    np.testing.assert_array_equal(pixels[0, :, :, 0], mask)
+
+
+def test_seg_algorithm_version_is_the_model_identity(tmp_path: Path) -> None:
+    """Two models with different weights write SEGs that say which model made them."""
+    require_shared()
+    shutil.copy(DICOM_JPEG_SIIM, tmp_path / "chest.dcm")
+    versions = {}
+    for weight in (1.0, 2.0):
+        segmenter = stub_segmenter(weight)
+        out = tmp_path / f"out{weight}"
+        summary = segment_files([tmp_path / "chest.dcm"], out, segmenter, formats="dicomseg", progress=False)
+        assert summary.ok and len(summary.written) == 1
+        seg = pydicom.dcmread(summary.written[0])
+        algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+        assert algorithm.AlgorithmVersion == segmenter.identity
+        assert (algorithm.AlgorithmName, seg.SegmentSequence[0].SegmentAlgorithmName) == ("LungUNet", "LungUNet")
+        assert seg.SoftwareVersions == __version__
+        versions[weight] = algorithm.AlgorithmVersion
+    assert versions[1.0] != versions[2.0]
 
 
 def test_source_without_type2_patient_attributes_is_completed_synthetic() -> None:

@@ -6,18 +6,18 @@ import nibabel as nib
 import numpy as np
 from conftest import SAMPLE_DATA
 
-from lungseg_monai.io import read_mask
+from lungseg_monai.io import ImageGeometry, read_mask
 from lungseg_monai.outputs import save_nifti_mask
 
 
 def test_nifti_mask_carries_spacing_and_round_trips(tmp_path) -> None:
     known = read_mask(SAMPLE_DATA / "masks" / "41182_2020_203_Fig3_HTML.png").pixels  # 512 rows x 464 columns
-    path = save_nifti_mask(known, tmp_path / "m.nii.gz", spacing=(0.15, 0.2))
+    path = save_nifti_mask(known, tmp_path / "m.nii.gz", ImageGeometry.from_spacing((0.15, 0.2)))
     image = nib.load(path)
     assert image.shape == (464, 512)  # (x = columns, y = rows)
     assert image.header.get_zooms() == (np.float32(0.2), np.float32(0.15))
     assert image.header.get_xyzt_units()[0] == "mm"
-    np.testing.assert_allclose(np.diag(image.affine), [-0.2, -0.15, 1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(image.affine, np.diag([-0.2, -0.15, 1.0, 1.0]), rtol=1e-6)  # ITK's identity, in RAS
     data = np.asarray(image.dataobj)
     assert data.dtype == np.uint8 and set(np.unique(data)) == {0, 1}
     np.testing.assert_array_equal(data.T, known)
