@@ -79,6 +79,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--write-rejected-seg",
         action="store_true",
         help="write DICOM SEGs for masks that quality control rejects (default: none)",
+    )
+    parser.add_argument(
         "--no-header-check",
         action="store_true",
         help=(

@@ -48,6 +48,8 @@ def study_run(segmenting_bundle: Path, tmp_path_factory: pytest.TempPathFactory)
     args = [
         "infer", str(study), str(DICOM_JPEG_SIIM), str(png), "-o", str(out), "--model", str(model),
         "--formats", "mask,overlay,nifti,dicomseg,measurements", "--batch-size", "1", "--no-progress",
+        # The 2-epoch model's masks are rejected by quality control; this run checks the SEG itself.
+        "--write-rejected-seg",
     ]  # fmt: skip
     code, records = _run_logged(args)
     sources = {_uid(DICOM_J2K_MONO1): DICOM_J2K_MONO1, _uid(DICOM_JPEG_SIIM): DICOM_JPEG_SIIM, PNG_NAMES[1]: png}
@@ -216,7 +218,12 @@ def test_one_pixel_and_uniform_pngs_are_rejected_and_the_real_one_segmented_synt
     assert [p.name for p in (out / "masks").iterdir()] == [f"{PNG_NAMES[0]}.png"]
     assert [p.name for p in (out / "overlays").iterdir()] == [f"{PNG_NAMES[0]}.png"]
     with open(out / "measurements.csv", newline="") as f:
-        assert [r["name"] for r in csv.DictReader(f)] == [PNG_NAMES[0]]
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    # Every input read has a row: the refused ones with their verdict and no areas.
+    assert sorted(rows) == sorted([PNG_NAMES[0], "one_pixel", "uniform"])
+    assert rows["one_pixel"]["qc_status"] == "reject" and rows["one_pixel"]["lung_area_px"] == ""
+    assert rows["uniform"]["qc_reasons"].startswith("8x8 px is too small for a radiograph")
+    assert rows[PNG_NAMES[0]]["qc_status"] in ("pass", "review", "reject") and int(rows[PNG_NAMES[0]]["rows"]) > 0
 
 
 def test_a_run_where_every_input_is_rejected_says_so(segmenting_bundle: Path, tmp_path: Path) -> None:
