@@ -46,7 +46,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=",".join(DEFAULT_FORMATS),
         help=f"comma-separated outputs among {','.join(FORMATS)} (default: %(default)s; dicomseg for DICOM inputs)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="rewrite outputs that exist (default: keep them)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rewrite outputs that exist (default: keep those OUT_DIR/manifest.json says were made from the same "
+        "input content, model and settings)",
+    )
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per network call")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     parser.add_argument(

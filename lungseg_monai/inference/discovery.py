@@ -5,7 +5,8 @@ by InstanceNumber. CR and DX images and chest secondary captures are segmented; 
 pixels (SR, PR, KO, SEG, DICOMDIR ...), lateral views and images whose header names another
 modality or body part (:mod:`lungseg_monai.qc.input`) are skipped, each with a note saying why.
 Each input gets an output name: the SOPInstanceUID for DICOM, the file stem otherwise, made unique
-within the run.
+within the run. Names given by earlier runs (the output manifest) are kept: such an input keeps its
+name, and no other input gets one of them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,8 @@ class InferenceInput:
 
     Attributes:
         path: the file.
-        name: output name, unique within the run (SOPInstanceUID for DICOM, else the file stem).
+        name: output name, unique within the run (SOPInstanceUID for DICOM, else the file stem) and
+            kept across runs into the same output folder (see ``discover_inputs(names=...)``).
         is_dicom: whether it is a DICOM file (gets a DICOM SEG).
         study_uid: StudyInstanceUID ("" for non-DICOM).
         series_uid: SeriesInstanceUID ("" for non-DICOM).
@@ -168,11 +170,18 @@ def _safe_name(text: str) -> str:
     return _UNSAFE_NAME_CHARS.sub("_", text).strip("._") or "image"
 
 
-def _unique_names(names: Sequence[str]) -> list[str]:
-    """Make names unique (case-insensitively, for macOS and Windows): ``a``, ``a_2``, ``a_3`` ..."""
-    taken: set[str] = set()
+def _unique_names(names: Sequence[str], kept: Sequence[str | None], reserved: Iterable[str] = ()) -> list[str]:
+    """Make names unique (case-insensitively, for macOS and Windows): ``a``, ``a_2``, ``a_3`` ...
+
+    An input with a ``kept`` name (given by an earlier run) keeps it; the others never get a kept
+    or ``reserved`` name.
+    """
+    taken = {name.lower() for name in (*reserved, *filter(None, kept))}
     out = []
-    for name in names:
+    for name, keep in zip(names, kept):
+        if keep:
+            out.append(keep)
+            continue
         candidate, n = name, 1
         while candidate.lower() in taken:
             n += 1
@@ -183,7 +192,10 @@ def _unique_names(names: Sequence[str]) -> list[str]:
 
 
 def discover_inputs(
-    paths: Sequence[str | os.PathLike], exclude: Sequence[str | os.PathLike] = (), check_headers: bool = True
+    paths: Sequence[str | os.PathLike],
+    exclude: Sequence[str | os.PathLike] = (),
+    names: Mapping[Path, str] | None = None,
+    check_headers: bool = True,
 ) -> Discovery:
     """List the radiographs to segment under files and folders.
 
@@ -192,6 +204,9 @@ def discover_inputs(
         exclude: folders never searched (e.g. the output folder when it lies inside an input).
         check_headers: skip DICOM images whose header names another modality, SOP class or body
             part (see :func:`classify_dicom`); False segments them.
+        names: output names given by earlier runs, by resolved input path (see
+            :meth:`~lungseg_monai.inference.manifest.OutputManifest.names`): those inputs keep their
+            name and no other input gets one of them, wherever it sorts.
 
     Returns:
         A :class:`Discovery`; a file listed twice (directly and through its folder) counts once.
@@ -248,11 +263,13 @@ def discover_inputs(
     others.sort(key=str)
     raw_names = [_safe_name(h.sop_instance_uid or file_stem(h.path)) for h in dicoms]
     raw_names += [_safe_name(file_stem(p)) for p in others]
-    names = iter(_unique_names(raw_names))
+    names = names or {}
+    kept = [names.get(path.resolve()) for path in (*(h.path for h in dicoms), *others)]
+    unique = iter(_unique_names(raw_names, kept, names.values()))
     for h in dicoms:
-        found.inputs.append(InferenceInput(h.path, next(names), True, h.study_uid, h.series_uid))
+        found.inputs.append(InferenceInput(h.path, next(unique), True, h.study_uid, h.series_uid))
     for p in others:
-        found.inputs.append(InferenceInput(p, next(names)))
+        found.inputs.append(InferenceInput(p, next(unique)))
     return found
 
 

@@ -2,8 +2,9 @@
 
 Reading and decoding (thread pool) overlaps the network (main thread, batches), which overlaps
 resizing, post-processing and writing (second thread pool). Every output is written atomically,
-outputs newer than their input and the model are kept unless ``overwrite``, and a file that fails
-is reported with its reason while the others go on.
+an output is kept unless ``overwrite`` only when the manifest says it was made from the same input
+content, model and settings (:mod:`lungseg_monai.inference.manifest`), and a file that fails is
+reported with its reason while the others go on.
 
 Layout of ``output_dir``::
 
@@ -14,6 +15,8 @@ Layout of ``output_dir``::
                           mask quality control rejects, unless ``write_rejected``)
     measurements.csv      one row per NAME: total, right and left lung area (px, cm²) and the
                           quality verdict (qc_status, qc_score, qc_reasons)
+    manifest.json         per NAME: its input (resolved path, size, mtime, SHA-256), model identity,
+                          settings and the outputs made from them; names and reruns follow it
 
 Every mask gets a quality verdict (:mod:`lungseg_monai.qc`): ``pass``, ``review`` or ``reject``
 (``unavailable`` for a model without QC calibration), counted in the run's summary.
@@ -24,7 +27,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +38,7 @@ from pydicom.uid import generate_uid
 from tqdm import tqdm
 
 from lungseg_monai.inference.discovery import Discovery, InferenceInput, SkippedInput, discover_inputs
+from lungseg_monai.inference.manifest import MANIFEST_FILE, InputState, OutputManifest
 from lungseg_monai.inference.predictor import LungSegmenter, QCForward
 from lungseg_monai.inference.transforms import CleanLungMask, mask_to_uint8_2d
 from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
@@ -47,6 +51,7 @@ from lungseg_monai.qc.input import ImplausibleInputError, ensure_plausible
 __all__ = [
     "DEFAULT_FORMATS",
     "FORMATS",
+    "MANIFEST_FILE",
     "MEASUREMENTS_FILE",
     "InferenceSummary",
     "output_path",
@@ -192,11 +197,9 @@ class _Options:
     write_rejected: bool
 
 
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
+def _outputs(job: _Job) -> list[str]:
+    """The formats a job writes, measurements included."""
+    return [*job.targets, *(["measurements"] if job.measure else [])]
 
 
 def _plan(
@@ -205,27 +208,41 @@ def _plan(
     formats: Sequence[str],
     overwrite: bool,
     rows: dict[str, Any],
-    model_mtime: float | None = None,
+    manifest: OutputManifest,
+    states: dict[InferenceInput, InputState | None],
+    segmenter: LungSegmenter,
 ) -> tuple[list[_Job], list[InferenceInput]]:
-    """Outputs still to write per input. Like make, an existing output is kept only when it is newer
-    than its input and the model: a replaced image or a retrained model is segmented again."""
+    """Outputs still to write per input. An existing output is kept only when the manifest says it was
+    made from this input's content with this model and these settings; anything else is redone."""
     jobs, done = [], []
-    rows_mtime = _mtime(output_dir / MEASUREMENTS_FILE) or -1.0
+    settings = segmenter.settings()
     for item in found.inputs:
         targets = {
             fmt: output_path(output_dir, fmt, item.name)
             for fmt in formats
             if fmt in _LAYOUT and (fmt != "dicomseg" or item.is_dicom)
         }
-        changed = max(filter(None, (_mtime(Path(item.path)), model_mtime)), default=0.0)
-        if not overwrite:
-            targets = {fmt: path for fmt, path in targets.items() if (_mtime(path) or -1.0) < changed}
-        measure = "measurements" in formats and (overwrite or item.name not in rows or rows_mtime < changed)
+        valid = set() if overwrite else manifest.valid_outputs(item.name, states[item], segmenter.identity, settings)
+        targets = {fmt: path for fmt, path in targets.items() if fmt not in valid or not path.exists()}
+        measure = "measurements" in formats and ("measurements" not in valid or item.name not in rows)
         if targets or measure:
             jobs.append(_Job(item, targets, measure))
         else:
             done.append(item)
     return jobs, done
+
+
+def _save(summary: InferenceSummary, path: Path, save: Callable[[], bool]) -> bool:
+    """Run ``save`` (True when it wrote ``path``); a failure is reported in ``summary``, not raised."""
+    try:
+        wrote = save()
+    except OSError as e:
+        summary.failed.append(SkippedInput(path, f"cannot be written ({e})"))
+        logger.error("'%s': cannot be written (%s)", path, e)
+        return False
+    if wrote and path not in summary.written:
+        summary.written.append(path)
+    return True
 
 
 def _load(segmenter: LungSegmenter, item: InferenceInput) -> tuple[Radiograph, torch.Tensor]:
@@ -419,8 +436,8 @@ def segment_files(
         model: ``models/model.pt``, an exported ``model.ts``, or a ready :class:`LungSegmenter`.
         formats: any of :data:`FORMATS` (``"mask,overlay"`` or a list); ``dicomseg`` applies to
             DICOM inputs only.
-        overwrite: rewrite outputs that exist (default: keep those newer than their input and the
-            model, and skip that work).
+        overwrite: rewrite outputs that exist (default: keep those the manifest says were made from
+            the same input content, model and settings, and skip that work).
         batch_size: images per network call.
         device: e.g. ``"cpu"``, ``"cuda:0"`` (default: CUDA when available); ignored when
             ``model`` is a LungSegmenter.
@@ -447,9 +464,10 @@ def segment_files(
     segmenter = (
         model if isinstance(model, LungSegmenter) else LungSegmenter.from_model(model, device, postprocess=postprocess)
     )
+    manifest = OutputManifest.load(output_dir)
     # Never segment our own outputs, even when OUT_DIR is (inside) an input folder.
     excluded = [output_dir, *(output_dir / folder for folder, _ in _LAYOUT.values())]
-    found = discover_inputs(inputs, exclude=excluded, check_headers=check_headers)
+    found = discover_inputs(inputs, exclude=excluded, names=manifest.names(), check_headers=check_headers)
     summary = InferenceSummary(output_dir, skipped=list(found.skipped), failed=list(found.failed))
     for s in found.failed:
         logger.error("'%s': %s", s.path, s.reason)
@@ -465,9 +483,18 @@ def segment_files(
             sum(not i.is_dicom for i in found.inputs),
         )
     measurements_file = output_dir / MEASUREMENTS_FILE
-    rows = read_measurements(measurements_file) if "measurements" in formats else {}
-    model_mtime = None if isinstance(model, LungSegmenter) else _mtime(Path(model))
-    jobs, summary.up_to_date = _plan(found, output_dir, formats, overwrite, rows, model_mtime)
+    rows = read_measurements(measurements_file)
+    rows_before = dict(rows)
+    with ThreadPoolExecutor(workers, thread_name_prefix="lungseg-hash") as pool:
+        states = dict(zip(found.inputs, pool.map(manifest.state, [item.path for item in found.inputs])))
+    jobs, summary.up_to_date = _plan(found, output_dir, formats, overwrite, rows, manifest, states, segmenter)
+    identity, settings = segmenter.identity, segmenter.settings()
+    for item in summary.up_to_date:  # kept: refresh the stat of touched but unchanged inputs
+        if states[item] is not None:
+            manifest.record(item.name, states[item], identity, settings, ())
+    for job in jobs:  # about to be rewritten: not vouched for until written (a killed run redoes them)
+        manifest.forget(job.item.name, _outputs(job))
+    _save(summary, manifest.path, manifest.save)
     if summary.up_to_date:
         logger.info(
             "%d input(s) already have all outputs in '%s'; kept (--overwrite redoes them)",
@@ -482,11 +509,17 @@ def segment_files(
         pipeline.run(jobs)
     finally:
         pipeline.close()
-        if "measurements" in formats and (rows or measurements_file.exists()):
-            try:
-                write_measurements(rows.values(), measurements_file)
-                summary.written.append(measurements_file)
-            except OSError as e:
-                summary.failed.append(SkippedInput(measurements_file, f"cannot be written ({e})"))
-                logger.error("'%s': cannot be written (%s)", measurements_file, e)
+        succeeded = set(summary.segmented)
+        for job in jobs:
+            if job.item in succeeded and states[job.item] is not None:
+                manifest.record(job.item.name, states[job.item], identity, settings, _outputs(job))
+        for name in [n for n in rows if manifest.stale(n, "measurements")]:
+            del rows[name]  # made from an input or settings the name's outputs no longer come from
+        if rows != rows_before and not _save(
+            summary, measurements_file, lambda: bool(write_measurements(rows.values(), measurements_file))
+        ):
+            for job in jobs:
+                if job.measure:
+                    manifest.forget(job.item.name, ["measurements"])
+        _save(summary, manifest.path, manifest.save)
     return summary

@@ -74,6 +74,25 @@ def test_png_names_are_stems_made_unique_and_output_folder_is_not_searched(tmp_p
     ]
 
 
+def test_names_of_earlier_runs_are_kept_and_never_given_to_another_input_synthetic(tmp_path: Path) -> None:
+    """a/img and c/img were named by a run; b/img sorts between them, gone/img is no longer an input."""
+    for sub in ("a", "b", "c"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / sub / "img.png")
+    earlier = {
+        (tmp_path / "a" / "img.png").resolve(): "img",
+        (tmp_path / "c" / "img.png").resolve(): "img_2",
+        (tmp_path / "gone" / "img.png").resolve(): "IMG_3",
+    }
+    found = discover_inputs([tmp_path], names=earlier)
+    assert [(i.path.relative_to(tmp_path).as_posix(), i.name) for i in found.inputs] == [
+        ("a/img.png", "img"),
+        ("b/img.png", "img_4"),  # not img_2 (c's) nor img_3 (owned, case-insensitively, by an input not in this run)
+        ("c/img.png", "img_2"),
+    ]
+    assert [i.name for i in discover_inputs([tmp_path]).inputs] == ["img", "img_2", "img_3"]  # no earlier run
+
+
 def test_missing_path_and_garbage_dicom_are_failures_with_reasons(tmp_path: Path) -> None:
     (tmp_path / "junk.dcm").write_bytes(b"\x00" * 300)
     found = discover_inputs([tmp_path / "nope.png", tmp_path / "junk.dcm"])

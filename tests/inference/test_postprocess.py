@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
-from conftest import SAMPLE_DATA
+from conftest import SAMPLE_DATA, SHARED_CXR, require_shared
 from monai.data import MetaTensor
+from monai.transforms import FillHoles, KeepLargestConnectedComponent, RemoveSmallObjects
 from PIL import Image
 from scipy import ndimage
 
 from lungseg_monai.inference import CleanLungMask, CleanLungMaskd, SaveLungMask, SaveLungMaskd, clean_lung_mask
-from lungseg_monai.inference.transforms import fill_mask_holes
+from lungseg_monai.inference.transforms import DEFAULT_MIN_SIZE_FRACTION, fill_mask_holes
 from lungseg_monai.io import read_mask
 
 
@@ -117,3 +120,37 @@ def test_fill_mask_holes_equals_scipy_binary_fill_holes_random_synthetic(seed: i
     filled = fill_mask_holes(mask)
     np.testing.assert_array_equal(filled, ndimage.binary_fill_holes(mask))
     assert filled.sum() > mask.sum()  # there were holes to fill
+
+
+def _with_noise(mask: np.ndarray, seed: int) -> np.ndarray:
+    """A real mask with specks outside and holes inside the lungs, some touching each other or the border."""
+    rng = np.random.default_rng(seed)
+    return mask ^ ndimage.binary_dilation(rng.random(mask.shape) > 0.9995, iterations=2)
+
+
+def _monai_clean(mask: np.ndarray, num_components: int, min_size_fraction: float, fill_holes: bool) -> np.ndarray:
+    """MONAI's transforms in CleanLungMask's order and connectivity (8-connected lungs, 4-connected holes)."""
+    x = torch.as_tensor(mask[None].astype(np.uint8))
+    x = KeepLargestConnectedComponent(num_components=num_components, connectivity=2)(x)
+    x = RemoveSmallObjects(min_size=math.ceil(min_size_fraction * mask.size), connectivity=2)(x)
+    if fill_holes:
+        x = FillHoles(connectivity=1)(x)
+    return x[0].numpy() != 0
+
+
+@pytest.mark.filterwarnings("ignore:Parameter `min_size` is deprecated:FutureWarning")  # MONAI 1.6 + skimage 0.26
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("00870a9c", (2, DEFAULT_MIN_SIZE_FRACTION, True)),  # 1024 x 1024
+        ("01E392EE-69F9-4E33-BFCE-E5C968654078", (2, DEFAULT_MIN_SIZE_FRACTION, True)),  # 1024 x 763
+        ("01E392EE-69F9-4E33-BFCE-E5C968654078", (1, 0.02, False)),
+    ],
+)
+def test_clean_equals_monai_transforms_on_real_masks_with_noise(name: str, settings: tuple) -> None:
+    require_shared()
+    mask = _with_noise(read_mask(SHARED_CXR / "masks" / f"{name}.png").pixels != 0, seed=len(name))
+    assert ndimage.label(mask, np.ones((3, 3)))[1] > 50, "the noise should add many regions"
+    ours = clean_lung_mask(mask, *settings)
+    np.testing.assert_array_equal(ours, _monai_clean(mask, *settings))
+    assert 0 < ours.sum() != mask.sum()  # something was removed or filled, the lungs are still there
