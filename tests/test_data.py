@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLE_DATA, SHARED_CXR, require_shared
 
-from lungseg_monai.data import datalist_from_folder, load_datalist, prepare_splits, split_datalist
+from lungseg_monai.data import (
+    datalist_from_folder,
+    load_datalist,
+    predefined_split,
+    prepare_splits,
+    split_datalist,
+)
 
 
 def test_folder_pairs_images_and_masks_by_name() -> None:
@@ -98,3 +104,55 @@ def test_reused_split_is_still_checked_file_by_file(tmp_path: Path) -> None:
     assert "zz_new" not in {i["name"] for part in again.values() for i in part}
     assert [i["name"] for i in again["test"]] == [i["name"] for i in first["test"][1:]]  # broken pair left out
     assert record.read_text() == saved
+
+
+def _monai_datalist(folder: Path, parts: dict[str, list[str]]) -> Path:
+    """Write ``folder/datalist.json`` with relative image/mask paths under the given MONAI keys."""
+    content = {
+        part: [{"image": f"images/{name}.png", "label": f"masks/{name}.png"} for name in names]
+        for part, names in parts.items()
+    }
+    path = folder / "datalist.json"
+    path.write_text(json.dumps({"name": "cxr", **content}))
+    return path
+
+
+def test_monai_datalist_with_validation_and_test_is_the_split(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE_DATA, tmp_path / "data")
+    names = sorted(p.stem for p in (tmp_path / "data" / "images").glob("*.png"))
+    parts = {"training": names[:4], "validation": names[4:6], "test": names[6:9]}
+    datalist = _monai_datalist(tmp_path / "data", parts)
+    assert [i["name"] for i in load_datalist(datalist)] == names[:9]  # every part, none lost
+    splits = prepare_splits(datalist, tmp_path / "split.json")
+    assert {part: [i["name"] for i in items] for part, items in splits.items()} == parts
+    assert splits["test"][0]["image"] == str(tmp_path / "data" / "images" / f"{names[6]}.png")
+    record = json.loads((tmp_path / "split.json").read_text())
+    assert record["dataset_dir"] == str(datalist) and record["ratios"] is None and record["seed"] is None
+    assert prepare_splits(datalist, tmp_path / "split.json") == splits  # reused as saved
+
+
+def test_monai_datalist_with_only_training_is_split_by_ratio(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE_DATA, tmp_path / "data")
+    names = sorted(p.stem for p in (tmp_path / "data" / "images").glob("*.png"))
+    datalist = _monai_datalist(tmp_path / "data", {"training": names})
+    assert predefined_split(datalist) is None
+    splits = prepare_splits(datalist, tmp_path / "split.json")
+    assert [len(splits[k]) for k in ("training", "validation", "test")] == [18, 9, 9]
+
+
+def test_monai_datalist_errors_name_the_file_and_the_entry(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE_DATA, tmp_path / "data")
+    names = sorted(p.stem for p in (tmp_path / "data" / "images").glob("*.png"))
+    twice = _monai_datalist(tmp_path / "data", {"training": names[:3], "validation": names[2:4]})
+    with pytest.raises(ValueError, match=rf"image '.*{names[2]}.png' is listed under both 'training' and 'validation'"):
+        predefined_split(twice)
+    no_validation = _monai_datalist(tmp_path / "data", {"training": names[:3], "test": names[3:5]})
+    with pytest.raises(ValueError, match=r"no usable validation pair is left in '.*datalist.json'"):
+        prepare_splits(no_validation, tmp_path / "split.json")
+    (tmp_path / "data" / "datalist.json").write_text(json.dumps({"training": [], "test": ["images/a.png"]}))
+    with pytest.raises(ValueError, match=r"entry '.*images/a.png' under 'test' in '.*datalist.json' has no 'label'"):
+        load_datalist(tmp_path / "data" / "datalist.json")
+    (tmp_path / "data" / "datalist.json").write_text(json.dumps({"labels": {"1": "lung"}}))
+    with pytest.raises(ValueError, match=r"has none of the keys \['training', 'validation', 'test'\]"):
+        load_datalist(tmp_path / "data" / "datalist.json")
+
