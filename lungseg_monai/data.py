@@ -24,6 +24,7 @@ __all__ = [
     "MIN_IMAGE_SIDE",
     "check_pair",
     "datalist_from_folder",
+    "evaluation_datalist",
     "file_stem",
     "load_datalist",
     "predefined_split",
@@ -380,7 +381,7 @@ def prepare_splits(
     JSON with ``"validation"`` or ``"test"`` entries is its own split (:func:`predefined_split`;
     ratios and seed are not used and are recorded as null). Files are checked after splitting,
     so a bad file never moves a good one to another part. The record names the dataset it was
-    made from (``"dataset_dir"``, absolute).
+    made from (``"dataset_dir"``, absolute), which is how evaluation tells it from another one.
 
     Args:
         dataset_dir: a folder with ``images/`` and ``masks/``, a CSV or a JSON datalist.
@@ -436,3 +437,75 @@ def prepare_splits(
     logger.info("split %s: %s", output_file, {k: len(v) for k, v in splits.items()})
     return splits
 
+
+def evaluation_datalist(
+    dataset_dir: str | os.PathLike,
+    split_file: str | os.PathLike,
+    skip_bad_files: bool = True,
+    num_workers: int = 0,
+) -> list[dict[str, str]]:
+    """The pairs an evaluation scores; reads ``split_file`` but never writes it.
+
+    - ``dataset_dir`` is the dataset the split in ``split_file`` was made from: its ``"test"``
+      part, as training saved it (ratios and seed given now do not matter: only that part was
+      kept away from the model).
+    - Any other dataset (an external test set): every pair it lists, whole.
+    - No split file: every pair, with a warning that the model may have been trained on some.
+
+    Every pair is checked first (:func:`validate_datalist`).
+
+    Raises:
+        DatalistError: bad pairs with ``skip_bad_files=False``.
+        ValueError: no usable pair is left to score.
+
+    Example:
+        >>> items = evaluation_datalist("/data/external_cxr", "models/datalist_split.json")  # doctest: +SKIP
+        >>> len(items) == len(load_datalist("/data/external_cxr"))  # doctest: +SKIP
+        True
+    """
+    split_file = Path(split_file)
+    record = _read_split_record(split_file)
+    if record is not None and record.get("dataset_dir") == _dataset_id(dataset_dir):
+        items = record["test"]
+        logger.info("scoring the test part (%d pairs) of the split saved in '%s'", len(items), split_file)
+    else:
+        items = load_datalist(dataset_dir)
+        if record is None:
+            logger.warning(
+                "no training split in '%s': scoring all %d pairs of '%s'; the scores are optimistic if the "
+                "model was trained on any of them",
+                split_file,
+                len(items),
+                dataset_dir,
+            )
+        else:
+            logger.info(
+                "'%s' is not the dataset the split in '%s' was made from ('%s'): scoring all its %d pairs",
+                dataset_dir,
+                split_file,
+                record.get("dataset_dir"),
+                len(items),
+            )
+            _warn_about_seen_names(items, record, split_file)
+    good, _ = validate_datalist(items, skip_bad_files=skip_bad_files, num_workers=num_workers)
+    if not good:
+        raise ValueError(
+            f"nothing to evaluate in '{dataset_dir}': {len(items)} pairs listed, none usable (split file "
+            f"'{split_file}'); check the paths, or pass --dataset_dir with images/ and masks/"
+        )
+    return good
+
+
+def _warn_about_seen_names(items: Sequence[Mapping[str, str]], record: Mapping, split_file: Path) -> None:
+    """Warn when an external dataset shares file names with the training/validation parts of a split."""
+    seen = {item["name"] for part in SPLIT_NAMES[:2] for item in record[part] if "name" in item}
+    shared = sorted(seen & {item["name"] for item in items})
+    if shared:
+        logger.warning(
+            "%d of %d images share a name with training/validation images in '%s' (first: '%s'); if this is "
+            "the training dataset moved or copied, evaluate it at the path it was trained from",
+            len(shared),
+            len(items),
+            split_file,
+            shared[0],
+        )

@@ -1,4 +1,4 @@
-"""Bundle evaluation follows the model card beside the model, not train.json's defaults.
+"""Bundle evaluation follows the model card, and scores another dataset whole without touching the split.
 
 One model is trained here for 1 epoch at 64 px with a non-default decoder, so that evaluating it
 at train.json's defaults (128 px, the default decoder) cannot pass unnoticed.
@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import EVALUATE_CONFIG, SAMPLE_DATA, TRAIN_CONFIG, config_list, run_bundle
+from conftest import EVALUATE_CONFIG, SAMPLE_DATA, TRAIN_CONFIG, config_list, require_shared, run_bundle
 from monai.bundle import ConfigParser
+from test_data import copy_smallest_shared_pairs
 
 TRAINED_SIZE = 64
 TRAINED_DECODER = [64, 32, 16, 16, 8]
 CARD_THRESHOLD = 0.37  # written into a copy of the card: no config default is this value
+N_EXTERNAL = 5
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,15 @@ def test_evaluation_command_line_value_overrides_the_card(small_decoder_bundle: 
     assert parser.get_parsed_content("evaluate#postprocessing").transforms[2].threshold == [0.6]
     assert parser.get_parsed_content("decoder_channels") == TRAINED_DECODER  # the rest still from the card
 
+
+def test_evaluation_of_another_dataset_scores_every_image_and_leaves_the_split_file(
+    small_decoder_bundle: Path, tmp_path: Path
+) -> None:
+    require_shared()
+    external = tmp_path / "external"
+    names = copy_smallest_shared_pairs(external, N_EXTERNAL)
+    split_file = small_decoder_bundle / "models" / "datalist_split.json"
+    saved = split_file.read_bytes()
+    rows = _evaluate(small_decoder_bundle, tmp_path / "eval", "--dataset_dir", str(external))
+    assert sorted(Path(r["name"]).stem for r in rows) == names
+    assert split_file.read_bytes() == saved

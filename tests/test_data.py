@@ -11,6 +11,7 @@ from conftest import SAMPLE_DATA, SHARED_CXR, require_shared
 
 from lungseg_monai.data import (
     datalist_from_folder,
+    evaluation_datalist,
     load_datalist,
     predefined_split,
     prepare_splits,
@@ -156,3 +157,41 @@ def test_monai_datalist_errors_name_the_file_and_the_entry(tmp_path: Path) -> No
     with pytest.raises(ValueError, match=r"has none of the keys \['training', 'validation', 'test'\]"):
         load_datalist(tmp_path / "data" / "datalist.json")
 
+
+def copy_smallest_shared_pairs(folder: Path, n: int) -> list[str]:
+    """Copy the ``n`` smallest image/mask pairs of the shared dataset into ``folder``; their sorted names."""
+    images = sorted((SHARED_CXR / "images").glob("*.png"), key=lambda p: (p.stat().st_size, p.name))[:n]
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+        for image in images:
+            shutil.copy(SHARED_CXR / sub / image.name, folder / sub / image.name)
+    return sorted(p.stem for p in images)
+
+
+def test_evaluation_of_the_training_dataset_scores_its_saved_test_part(tmp_path: Path) -> None:
+    split_file = tmp_path / "split.json"
+    splits = prepare_splits(SAMPLE_DATA, split_file, ratios=(0.5, 0.25, 0.25), seed=0)
+    saved = split_file.read_bytes()
+    items = evaluation_datalist(SAMPLE_DATA, split_file)
+    assert [i["name"] for i in items] == [i["name"] for i in splits["test"]]
+    assert split_file.read_bytes() == saved
+
+
+def test_evaluation_of_another_dataset_scores_it_whole_and_leaves_the_split(tmp_path: Path, caplog) -> None:
+    require_shared()
+    split_file = tmp_path / "split.json"
+    prepare_splits(SAMPLE_DATA, split_file)
+    saved = split_file.read_bytes()
+    names = copy_smallest_shared_pairs(tmp_path / "external", 5)
+    caplog.set_level("INFO")
+    items = evaluation_datalist(tmp_path / "external", split_file)
+    assert [i["name"] for i in items] == names
+    assert split_file.read_bytes() == saved
+    assert f"is not the dataset the split in '{split_file}' was made from" in caplog.text
+
+
+def test_evaluation_without_a_split_file_scores_everything_and_writes_nothing(tmp_path: Path, caplog) -> None:
+    items = evaluation_datalist(SAMPLE_DATA, tmp_path / "models" / "datalist_split.json")
+    assert len(items) == 36
+    assert not (tmp_path / "models").exists()
+    assert "scores are optimistic if the model was trained on any of them" in caplog.text
