@@ -110,8 +110,10 @@ def _json_content(path: Path) -> object | None:
     """The parsed content of a ``.json`` datalist file, None for a folder or another kind of file."""
     if path.suffix.lower() != ".json" or not path.is_file():
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"datalist '{path}' is not valid JSON ({e}); fix the file or pass a folder or CSV") from e
 
 
 def _monai_datalist_parts(path: Path, content: Mapping) -> dict[str, list[dict[str, str]]]:

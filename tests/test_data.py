@@ -153,6 +153,9 @@ def test_monai_datalist_errors_name_the_file_and_the_entry(tmp_path: Path) -> No
     (tmp_path / "data" / "datalist.json").write_text(json.dumps({"training": [], "test": ["images/a.png"]}))
     with pytest.raises(ValueError, match=r"entry '.*images/a.png' under 'test' in '.*datalist.json' has no 'label'"):
         load_datalist(tmp_path / "data" / "datalist.json")
+    (tmp_path / "data" / "datalist.json").write_text('{"training": [')
+    with pytest.raises(ValueError, match=r"datalist '.*datalist.json' is not valid JSON"):
+        load_datalist(tmp_path / "data" / "datalist.json")
     (tmp_path / "data" / "datalist.json").write_text(json.dumps({"labels": {"1": "lung"}}))
     with pytest.raises(ValueError, match=r"has none of the keys \['training', 'validation', 'test'\]"):
         load_datalist(tmp_path / "data" / "datalist.json")
