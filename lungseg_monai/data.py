@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from monai.data import load_decathlon_datalist
+
 from lungseg_monai.io import SUPPORTED_SUFFIXES, RadiographReadError, check_mask_matches, read_mask, read_radiograph
 from lungseg_monai.outputs.atomic import atomic_path
 
@@ -22,8 +24,10 @@ __all__ = [
     "MIN_IMAGE_SIDE",
     "check_pair",
     "datalist_from_folder",
+    "evaluation_datalist",
     "file_stem",
     "load_datalist",
+    "predefined_split",
     "prepare_splits",
     "split_datalist",
     "validate_datalist",
@@ -102,11 +106,47 @@ def _resolve(base: Path, value: str) -> str:
     return str(path if path.is_absolute() else base / path)
 
 
-def load_datalist(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Read image/mask pairs from a folder, a CSV (columns ``image``, ``label``) or a JSON list.
+def _json_content(path: Path) -> object | None:
+    """The parsed content of a ``.json`` datalist file, None for a folder or another kind of file."""
+    if path.suffix.lower() != ".json" or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"datalist '{path}' is not valid JSON ({e}); fix the file or pass a folder or CSV") from e
 
-    JSON may be a list of ``{"image", "label"}`` or a MONAI datalist with a ``"training"`` key.
-    Relative paths are taken relative to the list file.
+
+def _monai_datalist_parts(path: Path, content: Mapping) -> dict[str, list[dict[str, str]]]:
+    """The ``training``/``validation``/``test`` parts of a MONAI datalist JSON, read with MONAI's own loader.
+
+    Raises:
+        ValueError: the file has none of the three keys, or an entry has no ``label``.
+    """
+    present = [part for part in SPLIT_NAMES if part in content]
+    if not present:
+        raise ValueError(
+            f"JSON datalist '{path}' has none of the keys {list(SPLIT_NAMES)} (found {sorted(content)}); "
+            "a MONAI datalist lists its pairs under 'training' (and optionally 'validation' and 'test')"
+        )
+    parts: dict[str, list[dict[str, str]]] = {}
+    for part in present:
+        entries = load_decathlon_datalist(path, is_segmentation=True, data_list_key=part) if content[part] else []
+        for entry in entries:
+            if "label" not in entry:
+                raise ValueError(
+                    f"entry {entry['image']!r} under '{part}' in '{path}' has no 'label'; every pair needs a lung "
+                    "mask (segment unlabelled images with lungseg infer instead)"
+                )
+        parts[part] = [{**entry, "name": file_stem(entry["image"])} for entry in entries]
+    return parts
+
+
+def load_datalist(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Read image/mask pairs from a folder, a CSV (columns ``image``, ``label``) or a JSON datalist.
+
+    JSON may be a list of ``{"image", "label"}`` or a MONAI datalist: every pair listed under its
+    ``"training"``, ``"validation"`` and ``"test"`` keys (:func:`predefined_split` keeps the parts
+    apart). Relative paths are taken relative to the list file.
     """
     path = Path(path)
     if path.is_dir():
@@ -114,17 +154,21 @@ def load_datalist(path: str | os.PathLike) -> list[dict[str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"datalist '{path}' does not exist")
     base = path.parent
+    content = _json_content(path)
     if path.suffix.lower() == ".csv":
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
         if rows and not {"image", "label"} <= set(rows[0]):
             raise ValueError(f"CSV '{path}' needs columns 'image' and 'label', found {sorted(rows[0])}")
-    elif path.suffix.lower() == ".json":
-        with open(path) as f:
-            content = json.load(f)
-        rows = content.get("training", []) if isinstance(content, dict) else content
+    elif isinstance(content, Mapping):
+        items = [item for part in _monai_datalist_parts(path, content).values() for item in part]
+        if not items:
+            raise ValueError(f"datalist '{path}' lists no image/mask pairs")
+        return items
+    elif isinstance(content, list):
+        rows = content
     else:
-        raise ValueError(f"datalist '{path}' must be a folder, a .csv or a .json file")
+        raise ValueError(f"datalist '{path}' must be a folder, a .csv file or a .json list or MONAI datalist")
     items = [
         {"image": _resolve(base, r["image"]), "label": _resolve(base, r["label"]), "name": file_stem(r["image"])}
         for r in rows
@@ -132,6 +176,38 @@ def load_datalist(path: str | os.PathLike) -> list[dict[str, str]]:
     if not items:
         raise ValueError(f"datalist '{path}' lists no image/mask pairs")
     return items
+
+
+def predefined_split(dataset_dir: str | os.PathLike) -> dict[str, list[dict[str, str]]] | None:
+    """The split a MONAI datalist JSON already makes, or None when there is none to honour.
+
+    A JSON with a ``"validation"`` or ``"test"`` key is taken as the split, part for part
+    (a missing part is empty); a folder, a CSV, a plain JSON list or a JSON with only
+    ``"training"`` is split by ratio (:func:`split_datalist`).
+
+    Raises:
+        ValueError: an image stands in two parts, or an entry has no ``label``.
+
+    Example:
+        >>> predefined_split("bundles/lung_cxr_segmentation/sample_data") is None
+        True
+    """
+    path = Path(dataset_dir)
+    content = _json_content(path)
+    if not isinstance(content, Mapping) or not {"validation", "test"} & set(content):
+        return None
+    parts = _monai_datalist_parts(path, content)
+    splits = {part: parts.get(part, []) for part in SPLIT_NAMES}
+    seen: dict[str, str] = {}
+    for part, items in splits.items():
+        for item in items:
+            if item["image"] in seen:
+                raise ValueError(
+                    f"image '{item['image']}' is listed under both '{seen[item['image']]}' and '{part}' in "
+                    f"'{path}'; each image belongs to one part only"
+                )
+            seen[item["image"]] = part
+    return splits
 
 
 def split_datalist(
@@ -258,21 +334,34 @@ def _report_bad(bad: Sequence[BadPair], total: int, skip_bad_files: bool) -> Non
         logger.warning("leaving out %s", pair)
 
 
-def _saved_split(
-    output_file: Path, dataset_dir: str | os.PathLike, ratios: Sequence[float], seed: int
-) -> dict[str, list[dict[str, str]]] | None:
-    """The split recorded in ``output_file`` if it was made from the same dataset, ratios and seed."""
-    if not output_file.is_file():
+def _dataset_id(dataset_dir: str | os.PathLike) -> str:
+    """How a split record names the dataset it was made from: its absolute path."""
+    return str(Path(dataset_dir).resolve())
+
+
+def _read_split_record(split_file: Path) -> dict | None:
+    """The record saved by :func:`prepare_splits`, or None if there is none (or it is not one)."""
+    if not split_file.is_file():
         return None
     try:
-        record = json.loads(output_file.read_text())
+        record = json.loads(split_file.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(record, dict) or not all(isinstance(record.get(part), list) for part in SPLIT_NAMES):
+        return None
+    return record
+
+
+def _saved_split(
+    output_file: Path, dataset_dir: str | os.PathLike, ratios: list[float] | None, seed: int | None
+) -> dict[str, list[dict[str, str]]] | None:
+    """The split recorded in ``output_file`` if it was made from the same dataset, ratios and seed."""
+    record = _read_split_record(output_file)
     same = (
-        record.get("dataset_dir") == str(Path(dataset_dir).resolve())
-        and record.get("ratios") == list(ratios)
+        record is not None
+        and record.get("dataset_dir") == _dataset_id(dataset_dir)
+        and record.get("ratios") == ratios
         and record.get("seed") == seed
-        and all(isinstance(record.get(part), list) for part in SPLIT_NAMES)
     )
     return {part: record[part] for part in SPLIT_NAMES} if same else None
 
@@ -289,9 +378,12 @@ def prepare_splits(
     """List ``dataset_dir``, split it, check every pair and save the split as a MONAI datalist JSON.
 
     The split is a pure function of the file names, ratios and seed, so re-running gives the
-    same parts; the JSON lets other tools reuse exactly those lists, and a later run (evaluation,
-    resume) with the same dataset, ratios and seed reuses the saved parts as they are. Files are checked after
-    splitting, so a bad file never moves a good one to another part.
+    same parts; the JSON lets other tools reuse exactly those lists, and a later run (resume)
+    with the same dataset, ratios and seed reuses the saved parts as they are. A MONAI datalist
+    JSON with ``"validation"`` or ``"test"`` entries is its own split (:func:`predefined_split`;
+    ratios and seed are not used and are recorded as null). Files are checked after splitting,
+    so a bad file never moves a good one to another part. The record names the dataset it was
+    made from (``"dataset_dir"``, absolute), which is how evaluation tells it from another one.
 
     Args:
         dataset_dir: a folder with ``images/`` and ``masks/``, a CSV or a JSON datalist.
@@ -305,14 +397,19 @@ def prepare_splits(
 
     Raises:
         DatalistError: bad pairs with ``skip_bad_files=False``.
-        ValueError: no usable training pair is left.
+        ValueError: no usable training (or validation) pair is left.
     """
     output_file = Path(output_file)
-    splits = _saved_split(output_file, dataset_dir, ratios, seed)
+    predefined = predefined_split(dataset_dir)
+    split_ratios, split_seed = (None, None) if predefined is not None else (list(ratios), seed)
+    splits = _saved_split(output_file, dataset_dir, split_ratios, split_seed)
     reused = splits is not None
     if reused:
-        # Evaluation and resumed runs must see the parts training saw, even if files were added since.
+        # Resumed runs must see the parts training saw, even if files were added since.
         logger.info("reusing the split saved in '%s' (same dataset, ratios and seed)", output_file)
+    elif predefined is not None:
+        logger.info("using the training/validation/test parts listed in '%s'", dataset_dir)
+        splits = predefined
     else:
         splits = split_datalist(load_datalist(dataset_dir), ratios=ratios, seed=seed)
     excluded: list[BadPair] = []
@@ -321,17 +418,18 @@ def prepare_splits(
         excluded = [pair for _, bad in checked.values() for pair in bad]
         _report_bad(excluded, sum(len(items) for items in splits.values()), skip_bad_files)
         splits = {part: good for part, (good, _) in checked.items()}
-        for part, ratio in zip(("training", "validation"), ratios):
-            if ratio > 0 and not splits[part]:
-                raise ValueError(
-                    f"no usable {part} pair is left in '{dataset_dir}' after leaving out {len(excluded)} bad pairs"
-                )
+    needed = SPLIT_NAMES[:2] if predefined is not None else [p for p, r in zip(SPLIT_NAMES[:2], ratios) if r > 0]
+    for part in needed:
+        if not splits[part]:
+            raise ValueError(
+                f"no usable {part} pair is left in '{dataset_dir}' after leaving out {len(excluded)} bad pairs"
+            )
     if reused:
         return splits  # training's record stays as it wrote it
     record = {
-        "dataset_dir": str(Path(dataset_dir).resolve()),
-        "ratios": list(ratios),
-        "seed": seed,
+        "dataset_dir": _dataset_id(dataset_dir),
+        "ratios": split_ratios,
+        "seed": split_seed,
         **splits,
         "excluded": [asdict(pair) for pair in excluded],
     }
@@ -340,3 +438,76 @@ def prepare_splits(
         tmp.write_text(json.dumps(record, indent=2))
     logger.info("split %s: %s", output_file, {k: len(v) for k, v in splits.items()})
     return splits
+
+
+def evaluation_datalist(
+    dataset_dir: str | os.PathLike,
+    split_file: str | os.PathLike,
+    skip_bad_files: bool = True,
+    num_workers: int = 0,
+) -> list[dict[str, str]]:
+    """The pairs an evaluation scores; reads ``split_file`` but never writes it.
+
+    - ``dataset_dir`` is the dataset the split in ``split_file`` was made from: its ``"test"``
+      part, as training saved it (ratios and seed given now do not matter: only that part was
+      kept away from the model).
+    - Any other dataset (an external test set): every pair it lists, whole.
+    - No split file: every pair, with a warning that the model may have been trained on some.
+
+    Every pair is checked first (:func:`validate_datalist`).
+
+    Raises:
+        DatalistError: bad pairs with ``skip_bad_files=False``.
+        ValueError: no usable pair is left to score.
+
+    Example:
+        >>> items = evaluation_datalist("/data/external_cxr", "models/datalist_split.json")  # doctest: +SKIP
+        >>> len(items) == len(load_datalist("/data/external_cxr"))  # doctest: +SKIP
+        True
+    """
+    split_file = Path(split_file)
+    record = _read_split_record(split_file)
+    if record is not None and record.get("dataset_dir") == _dataset_id(dataset_dir):
+        items = record["test"]
+        logger.info("scoring the test part (%d pairs) of the split saved in '%s'", len(items), split_file)
+    else:
+        items = load_datalist(dataset_dir)
+        if record is None:
+            logger.warning(
+                "no training split in '%s': scoring all %d pairs of '%s'; the scores are optimistic if the "
+                "model was trained on any of them",
+                split_file,
+                len(items),
+                dataset_dir,
+            )
+        else:
+            logger.info(
+                "'%s' is not the dataset the split in '%s' was made from ('%s'): scoring all its %d pairs",
+                dataset_dir,
+                split_file,
+                record.get("dataset_dir"),
+                len(items),
+            )
+            _warn_about_seen_names(items, record, split_file)
+    good, _ = validate_datalist(items, skip_bad_files=skip_bad_files, num_workers=num_workers)
+    if not good:
+        raise ValueError(
+            f"nothing to evaluate in '{dataset_dir}': {len(items)} pairs listed, none usable (split file "
+            f"'{split_file}'); check the paths, or pass --dataset_dir with images/ and masks/"
+        )
+    return good
+
+
+def _warn_about_seen_names(items: Sequence[Mapping[str, str]], record: Mapping, split_file: Path) -> None:
+    """Warn when an external dataset shares file names with the training/validation parts of a split."""
+    seen = {item["name"] for part in SPLIT_NAMES[:2] for item in record[part] if "name" in item}
+    shared = sorted(seen & {item["name"] for item in items})
+    if shared:
+        logger.warning(
+            "%d of %d images share a name with training/validation images in '%s' (first: '%s'); if this is "
+            "the training dataset moved or copied, evaluate it at the path it was trained from",
+            len(shared),
+            len(items),
+            split_file,
+            shared[0],
+        )

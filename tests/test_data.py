@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from conftest import SAMPLE_DATA, SHARED_CXR, require_shared
 
-from lungseg_monai.data import datalist_from_folder, load_datalist, prepare_splits, split_datalist
+from lungseg_monai.data import (
+    datalist_from_folder,
+    evaluation_datalist,
+    load_datalist,
+    predefined_split,
+    prepare_splits,
+    split_datalist,
+)
 
 
 def test_folder_pairs_images_and_masks_by_name() -> None:
@@ -98,3 +105,96 @@ def test_reused_split_is_still_checked_file_by_file(tmp_path: Path) -> None:
     assert "zz_new" not in {i["name"] for part in again.values() for i in part}
     assert [i["name"] for i in again["test"]] == [i["name"] for i in first["test"][1:]]  # broken pair left out
     assert record.read_text() == saved
+
+
+def _monai_datalist(folder: Path, parts: dict[str, list[str]]) -> Path:
+    """Write ``folder/datalist.json`` with relative image/mask paths under the given MONAI keys."""
+    content = {
+        part: [{"image": f"images/{name}.png", "label": f"masks/{name}.png"} for name in names]
+        for part, names in parts.items()
+    }
+    path = folder / "datalist.json"
+    path.write_text(json.dumps({"name": "cxr", **content}))
+    return path
+
+
+def test_monai_datalist_with_validation_and_test_is_the_split(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE_DATA, tmp_path / "data")
+    names = sorted(p.stem for p in (tmp_path / "data" / "images").glob("*.png"))
+    parts = {"training": names[:4], "validation": names[4:6], "test": names[6:9]}
+    datalist = _monai_datalist(tmp_path / "data", parts)
+    assert [i["name"] for i in load_datalist(datalist)] == names[:9]  # every part, none lost
+    splits = prepare_splits(datalist, tmp_path / "split.json")
+    assert {part: [i["name"] for i in items] for part, items in splits.items()} == parts
+    assert splits["test"][0]["image"] == str(tmp_path / "data" / "images" / f"{names[6]}.png")
+    record = json.loads((tmp_path / "split.json").read_text())
+    assert record["dataset_dir"] == str(datalist) and record["ratios"] is None and record["seed"] is None
+    assert prepare_splits(datalist, tmp_path / "split.json") == splits  # reused as saved
+
+
+def test_monai_datalist_with_only_training_is_split_by_ratio(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE_DATA, tmp_path / "data")
+    names = sorted(p.stem for p in (tmp_path / "data" / "images").glob("*.png"))
+    datalist = _monai_datalist(tmp_path / "data", {"training": names})
+    assert predefined_split(datalist) is None
+    splits = prepare_splits(datalist, tmp_path / "split.json")
+    assert [len(splits[k]) for k in ("training", "validation", "test")] == [18, 9, 9]
+
+
+def test_monai_datalist_errors_name_the_file_and_the_entry(tmp_path: Path) -> None:
+    shutil.copytree(SAMPLE_DATA, tmp_path / "data")
+    names = sorted(p.stem for p in (tmp_path / "data" / "images").glob("*.png"))
+    twice = _monai_datalist(tmp_path / "data", {"training": names[:3], "validation": names[2:4]})
+    with pytest.raises(ValueError, match=rf"image '.*{names[2]}.png' is listed under both 'training' and 'validation'"):
+        predefined_split(twice)
+    no_validation = _monai_datalist(tmp_path / "data", {"training": names[:3], "test": names[3:5]})
+    with pytest.raises(ValueError, match=r"no usable validation pair is left in '.*datalist.json'"):
+        prepare_splits(no_validation, tmp_path / "split.json")
+    (tmp_path / "data" / "datalist.json").write_text(json.dumps({"training": [], "test": ["images/a.png"]}))
+    with pytest.raises(ValueError, match=r"entry '.*images/a.png' under 'test' in '.*datalist.json' has no 'label'"):
+        load_datalist(tmp_path / "data" / "datalist.json")
+    (tmp_path / "data" / "datalist.json").write_text('{"training": [')
+    with pytest.raises(ValueError, match=r"datalist '.*datalist.json' is not valid JSON"):
+        load_datalist(tmp_path / "data" / "datalist.json")
+    (tmp_path / "data" / "datalist.json").write_text(json.dumps({"labels": {"1": "lung"}}))
+    with pytest.raises(ValueError, match=r"has none of the keys \['training', 'validation', 'test'\]"):
+        load_datalist(tmp_path / "data" / "datalist.json")
+
+
+def copy_smallest_shared_pairs(folder: Path, n: int) -> list[str]:
+    """Copy the ``n`` smallest image/mask pairs of the shared dataset into ``folder``; their sorted names."""
+    images = sorted((SHARED_CXR / "images").glob("*.png"), key=lambda p: (p.stat().st_size, p.name))[:n]
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+        for image in images:
+            shutil.copy(SHARED_CXR / sub / image.name, folder / sub / image.name)
+    return sorted(p.stem for p in images)
+
+
+def test_evaluation_of_the_training_dataset_scores_its_saved_test_part(tmp_path: Path) -> None:
+    split_file = tmp_path / "split.json"
+    splits = prepare_splits(SAMPLE_DATA, split_file, ratios=(0.5, 0.25, 0.25), seed=0)
+    saved = split_file.read_bytes()
+    items = evaluation_datalist(SAMPLE_DATA, split_file)
+    assert [i["name"] for i in items] == [i["name"] for i in splits["test"]]
+    assert split_file.read_bytes() == saved
+
+
+def test_evaluation_of_another_dataset_scores_it_whole_and_leaves_the_split(tmp_path: Path, caplog) -> None:
+    require_shared()
+    split_file = tmp_path / "split.json"
+    prepare_splits(SAMPLE_DATA, split_file)
+    saved = split_file.read_bytes()
+    names = copy_smallest_shared_pairs(tmp_path / "external", 5)
+    caplog.set_level("INFO")
+    items = evaluation_datalist(tmp_path / "external", split_file)
+    assert [i["name"] for i in items] == names
+    assert split_file.read_bytes() == saved
+    assert f"is not the dataset the split in '{split_file}' was made from" in caplog.text
+
+
+def test_evaluation_without_a_split_file_scores_everything_and_writes_nothing(tmp_path: Path, caplog) -> None:
+    items = evaluation_datalist(SAMPLE_DATA, tmp_path / "models" / "datalist_split.json")
+    assert len(items) == 36
+    assert not (tmp_path / "models").exists()
+    assert "scores are optimistic if the model was trained on any of them" in caplog.text

@@ -1,7 +1,9 @@
 """Readers for raster (PNG/JPEG/TIFF/BMP) and medical-volume (MetaImage, NRRD, NIfTI) radiographs.
 
 All readers return ``(pixels, meta)`` with pixels of shape (rows, columns): the same orientation
-PIL and pydicom use, so an image and a mask read here never disagree about orientation.
+PIL and pydicom use, so an image and a mask read here never disagree about orientation. A raster's
+EXIF orientation tag (cameras and phones write it into JPEGs) is applied, so the pixels come out
+the way viewers display the file.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from lungseg_monai.io.errors import ImageTooLargeError, RadiographReadError
 from lungseg_monai.io.geometry import ImageGeometry
 
-__all__ = ["read_raster", "read_volume_file", "RASTER_SUFFIXES", "VOLUME_SUFFIXES"]
+__all__ = ["read_raster", "read_volume_file", "RASTER_SUFFIXES", "VOLUME_SUFFIXES", "LOSSY_FORMATS"]
 
 # warnings.catch_warnings swaps process-wide filters: readers in other threads must not interleave
 # with it, or one of them restores a stale filter list. Only the header-reading open is guarded.
@@ -27,12 +29,34 @@ RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 VOLUME_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".nii", ".nii.gz")
 _NRRD_SUFFIXES = (".nrrd", ".nhdr")
 _NIFTI_SPATIAL_AXES = 3  # the affine places x, y and z; later axes (time ...) have no position
+# Pillow formats whose compression changes pixel values (MPO: the multi-picture JPEG of some cameras).
+LOSSY_FORMATS = ("JPEG", "MPO")
+# TIFF compressions that are JPEG inside.
+_LOSSY_TIFF_COMPRESSIONS = ("jpeg", "tiff_jpeg")
+# EXIF Orientation values: 1 is stored the way it is displayed, 2-8 rotated and/or mirrored.
+_UPRIGHT = 1
+_EXIF_ORIENTATIONS = range(1, 9)
+
+
+def _is_lossy(img: Image.Image) -> bool:
+    """True when the file's compression altered pixel values (JPEG, JPEG inside TIFF)."""
+    if img.format in LOSSY_FORMATS:
+        return True
+    return img.format == "TIFF" and img.info.get("compression") in _LOSSY_TIFF_COMPRESSIONS
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    """The file's EXIF Orientation value, 1 (upright) when it has none or an invalid one."""
+    value = img.getexif().get(ExifTags.Base.Orientation, _UPRIGHT)
+    return value if value in _EXIF_ORIENTATIONS else _UPRIGHT
 
 
 def read_raster(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Read an 8/16-bit grey, RGB, RGBA or palette raster image as grey float32 (rows, columns).
 
-    The size in the header is checked against ``max_pixels`` before any pixel is decoded.
+    The size in the header is checked against ``max_pixels`` before any pixel is decoded. An
+    EXIF orientation tag is applied (``meta["exif_orientation"]`` keeps the value found), and
+    ``meta["lossy"]`` says whether the compression altered pixel values (JPEG).
 
     Raises:
         ImageTooLargeError: the header announces more than ``max_pixels`` pixels.
@@ -69,10 +93,13 @@ def _read_raster(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[st
             )
         if width < 1 or height < 1:
             raise RadiographReadError(path, f"image has no pixels ({width}x{height})")
-        mode = img.mode
+        mode, lossy = img.mode, _is_lossy(img)
         # Decoding needs no warning filter: for these formats Pillow checks the size in open() only,
         # and the default limit here (8192**2) is below the size at which Pillow warns.
         try:
+            orientation = _exif_orientation(img)
+            if orientation != _UPRIGHT:
+                img = ImageOps.exif_transpose(img)  # decodes; rotation keeps the pixel count checked above
             if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 pixels = np.asarray(img).astype(np.float32)
                 bits = 16 if mode.startswith("I;16") or pixels.max(initial=0) > 255 else 8
@@ -84,7 +111,14 @@ def _read_raster(path: str | Path, max_pixels: int) -> tuple[np.ndarray, dict[st
             raise RadiographReadError(path, f"pixel data cannot be decoded ({type(e).__name__}: {e})") from e
     if pixels.ndim != 2:
         raise RadiographReadError(path, f"expected a 2D image, got shape {pixels.shape} (mode {mode})")
-    return pixels, {"spacing": None, "spacing_source": "none", "photometric": f"PIL:{mode}", "bits_stored": bits}
+    return pixels, {
+        "spacing": None,
+        "spacing_source": "none",
+        "photometric": f"PIL:{mode}",
+        "bits_stored": bits,
+        "lossy": lossy,
+        "exif_orientation": orientation,
+    }
 
 
 def _squeeze_2d(path: str | Path, data: np.ndarray) -> np.ndarray:

@@ -44,6 +44,8 @@ _LUNG_COLS = ((0.15, 0.33), (0.67, 0.85))
 _CHEST_ROWS = (0.25, 0.65)
 _POLARITY_MARGIN = 0.1  # normalised intensity units; only clear inversions are corrected
 _MIN_POLARITY_SIDE = 32
+# A lossy (JPEG) mask pixel is lung above this fraction of the file's brightest value: mid-range.
+_LOSSY_MASK_LEVEL = 0.5
 
 
 def max_pixels() -> int:
@@ -176,11 +178,18 @@ def read_radiograph(path: str | os.PathLike, polarity: Literal["auto", "header"]
 
 
 def read_mask(path: str | os.PathLike) -> Radiograph:
-    """Read a lung mask: any non-zero pixel is lung. Returns uint8 0/1 pixels (rows, columns)."""
+    """Read a lung mask. Returns uint8 0/1 pixels (rows, columns).
+
+    Any non-zero pixel is lung (0/255, 0/1 and 0/1/2 left/right label maps all work), except in
+    a lossy file (JPEG): compression leaves faint non-zero noise around the outline, so a pixel
+    is lung there when it is above half the file's brightest value (127.5 for a 0/255 mask).
+    """
     path = Path(path)
     pixels, meta = _read_any(path, max_pixels())
     spacing = meta.pop("spacing", None)
-    mask = (np.nan_to_num(pixels) != 0).astype(np.uint8)
+    pixels = np.nan_to_num(pixels)
+    lung = pixels > pixels.max(initial=0) * _LOSSY_MASK_LEVEL if meta.get("lossy") else pixels != 0
+    mask = lung.astype(np.uint8)
     return Radiograph(pixels=mask, path=str(path), spacing=spacing, meta=meta)
 
 

@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA, require_shared
-from PIL import Image
+from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA, SHARED_CXR, require_shared
+from PIL import ExifTags, Image
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -123,6 +123,60 @@ def test_jpeg_is_read(tmp_path: Path) -> None:
     with Image.open(SAMPLE_IMAGE) as im:
         im.convert("L").save(tmp_path / "x.jpg", quality=95)
     assert read_radiograph(tmp_path / "x.jpg").shape == read_radiograph(SAMPLE_IMAGE).shape
+
+
+# A real pair that is not square (1024 wide, 763 high), so a rotation also shows in the shape.
+WIDE_CASE = "01E392EE-69F9-4E33-BFCE-E5C968654078"
+# JPEG leaves a mask a few pixels off along the outline at most: a fraction of all pixels.
+MAX_JPEG_MASK_DISAGREEMENT = 0.001
+# Mean grey-level difference allowed between a quality-95 JPEG and its PNG original.
+MAX_JPEG_GREY_ERROR = 2.0
+
+
+def _wide_case_pngs() -> tuple[Path, Path]:
+    require_shared()
+    return SHARED_CXR / "images" / f"{WIDE_CASE}.png", SHARED_CXR / "masks" / f"{WIDE_CASE}.png"
+
+
+def _disagreement(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape
+    return float((a != b).mean())
+
+
+def test_jpeg_mask_is_thresholded_at_mid_range_not_at_any_nonzero(tmp_path: Path) -> None:
+    _, mask_png = _wide_case_pngs()
+    with Image.open(mask_png) as im:
+        im.save(tmp_path / "mask.jpg", quality=75)  # Pillow's default quality: ringing along the outline
+    reference = read_mask(mask_png).pixels
+    assert _disagreement(read_mask(tmp_path / "mask.jpg").pixels, reference) < MAX_JPEG_MASK_DISAGREEMENT
+    with Image.open(tmp_path / "mask.jpg") as im:  # the noise is there: any-non-zero would be far off
+        assert _disagreement((np.asarray(im) > 0).astype(np.uint8), reference) > 5 * MAX_JPEG_MASK_DISAGREEMENT
+
+
+# EXIF Orientation value -> how the pixels are stored so that applying the tag shows the original.
+STORED_ROTATION = {
+    3: Image.Transpose.ROTATE_180,
+    6: Image.Transpose.ROTATE_90,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(STORED_ROTATION))
+def test_jpeg_exif_orientation_is_applied_to_image_and_mask(orientation: int, tmp_path: Path) -> None:
+    image_png, mask_png = _wide_case_pngs()
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    for source, target in ((image_png, "image.jpg"), (mask_png, "mask.jpg")):
+        with Image.open(source) as im:
+            im.transpose(STORED_ROTATION[orientation]).save(tmp_path / target, quality=95, exif=exif)
+    original = read_radiograph(image_png)
+    rotated = read_radiograph(tmp_path / "image.jpg")
+    assert rotated.shape == original.shape == (763, 1024)
+    assert float(np.abs(rotated.pixels - original.pixels).mean()) < MAX_JPEG_GREY_ERROR
+    assert rotated.meta["exif_orientation"] == orientation
+    mask = read_mask(tmp_path / "mask.jpg")
+    assert _disagreement(mask.pixels, read_mask(mask_png).pixels) < MAX_JPEG_MASK_DISAGREEMENT
+    check_mask_matches(read_mask(mask_png), rotated.shape, rotated.path)  # the PNG mask fits the JPEG image
 
 
 def test_metaimage_nrrd_and_nifti_keep_orientation_and_spacing(tmp_path: Path) -> None:
