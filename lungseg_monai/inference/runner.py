@@ -31,6 +31,13 @@ from tqdm import tqdm
 
 from lungseg_monai import __version__
 from lungseg_monai.inference.discovery import Discovery, InferenceInput, SkippedInput, discover_inputs
+from lungseg_monai.inference.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FORMATS,
+    DEFAULT_PRECISION,
+    DEFAULT_WORKERS,
+    FORMATS,
+)
 from lungseg_monai.inference.predictor import LungSegmenter
 from lungseg_monai.inference.transforms import CleanLungMask, mask_to_uint8_2d
 from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
@@ -50,8 +57,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("mask", "overlay", "nifti", "dicomseg", "measurements")
-DEFAULT_FORMATS = ("mask", "overlay", "dicomseg", "measurements")
 # Per-file outputs: format -> (subfolder, suffix).
 _LAYOUT = {
     "mask": ("masks", ".png"),
@@ -60,8 +65,6 @@ _LAYOUT = {
     "dicomseg": ("dicomseg", ".dcm"),
 }
 MEASUREMENTS_FILE = "measurements.csv"
-DEFAULT_BATCH_SIZE = 4
-DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 
 
 def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -308,6 +311,7 @@ def segment_files(
     workers: int = DEFAULT_WORKERS,
     postprocess: CleanLungMask | bool | None = True,
     progress: bool = True,
+    precision: str = DEFAULT_PRECISION,
 ) -> InferenceSummary:
     """Segment radiographs in files, folders and DICOM studies and write the outputs.
 
@@ -325,6 +329,9 @@ def segment_files(
         workers: threads for reading and for writing (each).
         postprocess: see :class:`LungSegmenter`; ignored when ``model`` is a LungSegmenter.
         progress: show a progress bar.
+        precision: one of :data:`~lungseg_monai.inference.options.PRECISIONS` (see
+            :func:`~lungseg_monai.inference.precision.resolve_precision`); ignored when ``model``
+            is a LungSegmenter.
 
     Returns:
         An :class:`InferenceSummary`; ``summary.ok`` is False when any file failed.
@@ -339,7 +346,9 @@ def segment_files(
         raise ValueError(f"batch_size and workers must be at least 1, got {batch_size} and {workers}")
     output_dir = Path(output_dir)
     segmenter = (
-        model if isinstance(model, LungSegmenter) else LungSegmenter.from_model(model, device, postprocess=postprocess)
+        model
+        if isinstance(model, LungSegmenter)
+        else LungSegmenter.from_model(model, device, postprocess=postprocess, precision=precision)
     )
     # Never segment our own outputs, even when OUT_DIR is (inside) an input folder.
     found = discover_inputs(inputs, exclude=[output_dir, *(output_dir / folder for folder, _ in _LAYOUT.values())])
