@@ -10,19 +10,10 @@ not imported here).
 
 from __future__ import annotations
 
-__version__ = "0.1.0"  # before the imports: submodules record it in their outputs
+import importlib
+from types import ModuleType
 
-from lungseg_monai import (  # noqa: E402
-    bundle_utils,
-    data,
-    engine,
-    evaluation,
-    inference,
-    io,
-    networks,
-    outputs,
-    transforms,
-)
+__version__ = "0.1.0"
 
 __all__ = [
     "__version__",
@@ -36,3 +27,17 @@ __all__ = [
     "outputs",
     "transforms",
 ]
+
+# Submodules are imported on first use (PEP 562), so `lungseg --help` or `lungseg infer` load
+# only what they run: `engine` imports Ignite, `inference` does not.
+_SUBMODULES = frozenset(__all__) - {"__version__"}
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _SUBMODULES)

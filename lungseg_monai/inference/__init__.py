@@ -6,34 +6,46 @@ and DICOM studies and writes masks, overlays, NIfTI, DICOM SEG and measurements.
 
 from __future__ import annotations
 
-from lungseg_monai.inference.discovery import (
-    Discovery,
-    InferenceInput,
-    SkippedInput,
-    classify_dicom,
-    discover_inputs,
-    inference_datalist,
-)
-from lungseg_monai.inference.calibrate import calibrate_model
-from lungseg_monai.inference.predictor import LungSegmenter, ModelCard, is_torchscript_file, read_model_card
-from lungseg_monai.inference.runner import (
-    DEFAULT_FORMATS,
-    FORMATS,
-    InferenceSummary,
-    output_path,
-    parse_formats,
-    segment_files,
-)
-from lungseg_monai.inference.transforms import (
-    CleanLungMask,
-    CleanLungMaskd,
-    SaveLungMask,
-    SaveLungMaskd,
-    clean_lung_mask,
-    mask_to_uint8_2d,
-)
+import importlib
+from typing import Any
+
+# Public name -> submodule defining it. Imported on first use (PEP 562): `lungseg infer --help`
+# needs none of them, and `LungSegmenter` needs neither the runner's DICOM nor output writers.
+_EXPORTS = {
+    "Discovery": "discovery",
+    "InferenceInput": "discovery",
+    "SkippedInput": "discovery",
+    "classify_dicom": "discovery",
+    "discover_inputs": "discovery",
+    "inference_datalist": "discovery",
+    "calibrate_model": "calibrate",
+    "LungSegmenter": "predictor",
+    "ModelCard": "predictor",
+    "is_torchscript_file": "predictor",
+    "read_model_card": "predictor",
+    "PRECISIONS": "precision",
+    "Precision": "precision",
+    "PrecisionInferer": "precision",
+    "resolve_precision": "precision",
+    "DEFAULT_FORMATS": "runner",
+    "FORMATS": "runner",
+    "InferenceSummary": "runner",
+    "output_path": "runner",
+    "parse_formats": "runner",
+    "segment_files": "runner",
+    "CleanLungMask": "transforms",
+    "CleanLungMaskd": "transforms",
+    "SaveLungMask": "transforms",
+    "SaveLungMaskd": "transforms",
+    "clean_lung_mask": "transforms",
+    "mask_to_uint8_2d": "transforms",
+}
 
 __all__ = [
+    "PRECISIONS",
+    "Precision",
+    "PrecisionInferer",
+    "resolve_precision",
     "DEFAULT_FORMATS",
     "FORMATS",
     "CleanLungMask",
@@ -58,3 +70,13 @@ __all__ = [
     "read_model_card",
     "segment_files",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

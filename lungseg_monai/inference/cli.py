@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from lungseg_monai.inference.runner import DEFAULT_BATCH_SIZE, DEFAULT_FORMATS, DEFAULT_WORKERS, FORMATS
-from lungseg_monai.inference.transforms import DEFAULT_MIN_SIZE_FRACTION, DEFAULT_NUM_COMPONENTS, CleanLungMask
+from lungseg_monai.inference.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FORMATS,
+    DEFAULT_MIN_SIZE_FRACTION,
+    DEFAULT_NUM_COMPONENTS,
+    DEFAULT_PRECISION,
+    DEFAULT_WORKERS,
+    FORMATS,
+    PRECISIONS,
+)
+
+if TYPE_CHECKING:
+    from lungseg_monai.inference.transforms import CleanLungMask
 
 __all__ = ["add_parser", "run"]
 
@@ -55,6 +67,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per network call")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help="network arithmetic: auto = bf16 autocast + channels-last on CPUs with bf16 instructions "
+        "(AVX512-BF16/AMX), fp16 AMP on CUDA, fp32 elsewhere; probabilities are thresholded in fp32 "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=DEFAULT_WORKERS, help="threads for reading and for writing (each)"
     )
     parser.add_argument(
@@ -94,11 +114,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         ),
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, without_training_modules=True)
     return parser
 
 
 def _postprocess(args: argparse.Namespace) -> CleanLungMask | None:
+    from lungseg_monai.inference.transforms import CleanLungMask
 
     if args.no_postprocess:
         return None
@@ -111,7 +132,7 @@ def _postprocess(args: argparse.Namespace) -> CleanLungMask | None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``lungseg infer`` from parsed arguments; returns the exit code (1 if any file failed)."""
-    from lungseg_monai.engine.checkpoint import CheckpointError
+    from lungseg_monai.io.checkpoint import CheckpointError
     from lungseg_monai.inference.runner import parse_formats, segment_files
 
     try:
@@ -133,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
                 batch_size=args.batch_size,
                 device=args.device,
+                precision=args.precision,
                 workers=args.workers,
                 postprocess=postprocess,
                 progress=not args.no_progress,

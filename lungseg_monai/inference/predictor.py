@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from monai.transforms import Compose, NormalizeIntensityd, Resized, ScaleIntensityRangePercentilesd
 
-from lungseg_monai.engine.checkpoint import CheckpointError, load_checkpoint, load_network_weights
+from lungseg_monai.io.checkpoint import CheckpointError, load_checkpoint, load_network_weights
+from lungseg_monai.inference.options import DEFAULT_PRECISION
+from lungseg_monai.inference.precision import Precision, resolve_precision
 from lungseg_monai.inference.transforms import CleanLungMask
 from lungseg_monai.io import Radiograph
 from lungseg_monai.networks import LungUNet, backbone_of_state_dict
@@ -93,7 +95,8 @@ def model_identity(model_path: str | os.PathLike | None = None, network: torch.n
     elif network is not None:
         for key, value in network.state_dict().items():
             digest.update(key.encode())
-            digest.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+            flat = value.detach().cpu().contiguous().reshape(-1)  # reshape: 0-d tensors cannot be viewed as bytes
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
     else:
         raise ValueError("model_identity needs a model file or a network")
     name = type(network).__name__ if network is not None else "LungUNet"
@@ -231,12 +234,15 @@ class LungSegmenter:
         postprocess: the mask clean-up: True for :class:`CleanLungMask` with its defaults (keep
             the two largest regions, drop specks, fill holes), a configured instance, or
             None/False for the raw thresholded prediction.
-        channels_last: run the network on channels-last tensors (faster on some CPUs and GPUs;
-            the masks are the same).
+        channels_last: run the network on channels-last tensors; None (default) as ``precision``
+            decides (channels-last with bf16/fp16 autocast).
         identity: the model's identity (see :func:`model_identity`); computed from the network's
             weights when not given.
         quality_control: the mask quality check; default: from the card's ``"qc"`` calibration
             (None when the model was never calibrated: results then say QC is unavailable).
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"`` or a resolved :class:`Precision`
+            (see :func:`~lungseg_monai.inference.precision.resolve_precision`); probabilities are
+            always computed and thresholded in fp32.
 
     Example:
         >>> seg = LungSegmenter.from_model("bundles/lung_cxr_segmentation/models/model.pt")  # doctest: +SKIP
@@ -249,9 +255,10 @@ class LungSegmenter:
         card: Mapping[str, Any],
         device: str | torch.device = "cpu",
         postprocess: CleanLungMask | bool | None = True,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         identity: str | None = None,
         quality_control: QualityControl | None = None,
+        precision: str | Precision = DEFAULT_PRECISION,
     ) -> None:
         self.device = torch.device(device)
         self.identity = identity or model_identity(network=network)
@@ -259,9 +266,10 @@ class LungSegmenter:
         self.card = dict(card)
         self.threshold = float(self.card["threshold"])
         self.postprocess = CleanLungMask() if postprocess is True else (postprocess or None)
-        self.channels_last = bool(channels_last)
-        if self.channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last)
+        self.precision = resolve_precision(precision, self.device)
+        if channels_last is not None and channels_last != self.precision.channels_last:
+            self.precision = Precision(self.precision.name, self.precision.device_type, bool(channels_last))
+        self.network = self.precision.prepare_network(self.network)
         size = int(self.card["image_size"])
         low, high = self.card["intensity_percentiles"]
         # Same steps and settings as the bundle's load_image[1], resize_image and normalize_image.
@@ -283,7 +291,8 @@ class LungSegmenter:
         model_path: str | os.PathLike,
         device: str | torch.device | None = None,
         postprocess: CleanLungMask | bool | None = True,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
+        precision: str | Precision = DEFAULT_PRECISION,
     ) -> LungSegmenter:
         """Load ``models/model.pt`` (state dict + ``model.json``) or an exported TorchScript ``model.ts``.
 
@@ -317,10 +326,18 @@ class LungSegmenter:
             network = LungUNet(backbone=backbone, decoder_channels=card["decoder_channels"])
             load_network_weights(network, model_path)
         identity = model_identity(model_path, network)
-        return cls(network, card, device, postprocess=postprocess, channels_last=channels_last, identity=identity)
+        return cls(
+            network,
+            card,
+            device,
+            postprocess=postprocess,
+            channels_last=channels_last,
+            identity=identity,
+            precision=precision,
+        )
 
     def settings(self) -> dict[str, Any]:
-        """Everything that decides the masks this segmenter makes: model identity, threshold, clean-up.
+        """Everything that decides the masks this segmenter makes: model identity, threshold, clean-up, precision.
 
         Two segmenters with equal settings make the same mask for the same file; the output
         manifest of ``lungseg infer`` reuses an output only when they are equal.
@@ -330,19 +347,25 @@ class LungSegmenter:
             "image_size": int(self.card["image_size"]),
             "threshold": self.threshold,
             "postprocess": repr(self.postprocess),
+            "precision": self.precision.name,
         }
 
     def prepare(self, radiograph: Radiograph) -> torch.Tensor:
         """(rows, columns) radiograph -> (1, image_size, image_size) network input."""
         return self.preprocess({"image": radiograph_to_metatensor(radiograph)})["image"].as_tensor()
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether the network runs on channels-last tensors."""
+        return self.precision.channels_last
+
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, 1, image_size, image_size) inputs -> (B, 1, image_size, image_size) lung probabilities."""
-        batch = batch.to(self.device)
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        return torch.sigmoid(self.network(batch).float()).contiguous()
+        """(B, 1, image_size, image_size) inputs -> (B, 1, image_size, image_size) float32 lung probabilities.
+
+        The network runs under :attr:`precision`; its logits are cast to float32 before the sigmoid.
+        """
+        return torch.sigmoid(self.precision.run(self.network, batch.to(self.device))).contiguous()
 
     @torch.inference_mode()
     def forward_qc(self, batch: torch.Tensor, tta: bool | None = None) -> QCForward:

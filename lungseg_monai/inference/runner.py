@@ -39,6 +39,13 @@ from tqdm import tqdm
 
 from lungseg_monai.inference.discovery import Discovery, InferenceInput, SkippedInput, discover_inputs
 from lungseg_monai.inference.manifest import MANIFEST_FILE, InputState, OutputManifest
+from lungseg_monai.inference.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FORMATS,
+    DEFAULT_PRECISION,
+    DEFAULT_WORKERS,
+    FORMATS,
+)
 from lungseg_monai.inference.predictor import LungSegmenter, QCForward
 from lungseg_monai.inference.transforms import CleanLungMask, mask_to_uint8_2d
 from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
@@ -61,8 +68,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("mask", "overlay", "nifti", "dicomseg", "measurements")
-DEFAULT_FORMATS = ("mask", "overlay", "dicomseg", "measurements")
 # Per-file outputs: format -> (subfolder, suffix).
 _LAYOUT = {
     "mask": ("masks", ".png"),
@@ -71,8 +76,6 @@ _LAYOUT = {
     "dicomseg": ("dicomseg", ".dcm"),
 }
 MEASUREMENTS_FILE = "measurements.csv"
-DEFAULT_BATCH_SIZE = 4
-DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 # Masks to review or rejected listed one by one in the run's report; the rest are in measurements.csv.
 MAX_QC_LINES = 20
 
@@ -427,6 +430,7 @@ def segment_files(
     progress: bool = True,
     write_rejected: bool = False,
     check_headers: bool = True,
+    precision: str = DEFAULT_PRECISION,
 ) -> InferenceSummary:
     """Segment radiographs in files, folders and DICOM studies and write the outputs.
 
@@ -447,6 +451,9 @@ def segment_files(
         write_rejected: also write DICOM SEGs of masks that quality control rejects.
         check_headers: skip DICOM images whose header names another body part or modality
             (False: segment them; the pixel checks still apply to every input).
+        precision: one of :data:`~lungseg_monai.inference.options.PRECISIONS` (see
+            :func:`~lungseg_monai.inference.precision.resolve_precision`); ignored when ``model``
+            is a LungSegmenter.
 
     Returns:
         An :class:`InferenceSummary`; ``summary.ok`` is False when any file failed (rejected
@@ -462,7 +469,9 @@ def segment_files(
         raise ValueError(f"batch_size and workers must be at least 1, got {batch_size} and {workers}")
     output_dir = Path(output_dir)
     segmenter = (
-        model if isinstance(model, LungSegmenter) else LungSegmenter.from_model(model, device, postprocess=postprocess)
+        model
+        if isinstance(model, LungSegmenter)
+        else LungSegmenter.from_model(model, device, postprocess=postprocess, precision=precision)
     )
     manifest = OutputManifest.load(output_dir)
     # Never segment our own outputs, even when OUT_DIR is (inside) an input folder.

@@ -41,6 +41,7 @@ from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
 from lungseg_monai.data import file_stem
+from lungseg_monai.inference.options import DEFAULT_MIN_SIZE_FRACTION, DEFAULT_NUM_COMPONENTS
 from lungseg_monai.outputs import save_png
 
 __all__ = [
@@ -55,12 +56,6 @@ __all__ = [
     "mask_to_uint8_2d",
 ]
 
-# Two lungs; a region touching both (lungs merged over the mediastinum) counts as one.
-DEFAULT_NUM_COMPONENTS = 2
-# A region below 0.5% of the image (about 1300 px at 512x512) is a speck, not a lung: each of the
-# 322 annotated films in ../shared/data/cxr_lung has exactly two lung regions and no holes, and
-# the smaller lung covers at least 4.5% of its image.
-DEFAULT_MIN_SIZE_FRACTION = 0.005
 # 8-connectivity: pixels touching at a corner belong to the same region.
 _STRUCTURE_8 = np.ones((3, 3), dtype=bool)
 MASK_FOREGROUND = 255

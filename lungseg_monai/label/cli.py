@@ -12,6 +12,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from lungseg_monai.inference.options import DEFAULT_PRECISION, PRECISIONS
+
 __all__ = ["add_parser", "run", "start_server_args"]
 
 logger = logging.getLogger(__name__)
@@ -43,6 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: CUDA if available)")
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=DEFAULT_PRECISION,
+        help="network arithmetic for inference and fine-tuning (see lungseg infer --help; default: %(default)s)",
+    )
+    parser.add_argument(
         "--train-config", type=Path, default=None, help="bundle configs/train.json used to fine-tune (default: found)"
     )
     parser.set_defaults(func=run)
@@ -62,6 +70,8 @@ def start_server_args(args: argparse.Namespace, app_dir: Path, workdir: Path) ->
     ]  # fmt: skip
     if args.device:
         argv += ["--conf", "device", args.device]
+    if args.precision != DEFAULT_PRECISION:
+        argv += ["--conf", "precision", args.precision]
     if args.train_config:
         argv += ["--conf", "train_config", str(args.train_config.resolve())]
     return argv

@@ -15,8 +15,9 @@ import shutil
 import threading
 from pathlib import Path
 
-from lungseg_monai.engine.checkpoint import CheckpointError
+from lungseg_monai.io.checkpoint import CheckpointError
 from lungseg_monai.inference import LungSegmenter
+from lungseg_monai.inference.options import DEFAULT_PRECISION
 from lungseg_monai.outputs import atomic_path
 
 __all__ = ["ModelStore", "ReloadingSegmenter", "BASE_MODEL_KEY", "FINE_TUNED_FROM_KEY"]
@@ -109,11 +110,13 @@ class ReloadingSegmenter:
     Args:
         store: where the checkpoint to serve is found.
         device: torch device; None picks CUDA when available.
+        precision: the network's precision (see :func:`~lungseg_monai.inference.resolve_precision`).
     """
 
-    def __init__(self, store: ModelStore, device: str | None = None) -> None:
+    def __init__(self, store: ModelStore, device: str | None = None, precision: str = DEFAULT_PRECISION) -> None:
         self.store = store
         self.device = device
+        self.precision = precision
         self._lock = threading.Lock()
         self._segmenter: LungSegmenter | None = None
         self._path: Path | None = None
@@ -132,7 +135,7 @@ class ReloadingSegmenter:
         with self._lock:
             if key != self._key:
                 try:
-                    segmenter = LungSegmenter.from_model(path, device=self.device)
+                    segmenter = LungSegmenter.from_model(path, device=self.device, precision=self.precision)
                 except (CheckpointError, OSError, ValueError, KeyError) as e:
                     if self._segmenter is None:
                         raise

@@ -5,6 +5,8 @@ Configuration (``--conf KEY VALUE`` of ``monailabel start_server``; ``lungseg la
 - ``model`` (required): the initial ``models/model.pt`` (its ``model.json`` beside it).
 - ``workdir``: where fine-tuned models, training runs and stats go; default ``<studies>/.lungseg_label``.
 - ``device``: torch device for inference and training; default CUDA when available, else CPU.
+- ``precision``: ``auto`` (default: bf16 on CPUs with bf16 instructions, fp16 AMP on CUDA, else
+  fp32), ``fp32``, ``bf16`` or ``fp16``, for inference and fine-tuning.
 - ``train_config``: the bundle's ``configs/train.json``; default the bundle the model sits in, else
   the bundle beside this package's source.
 
@@ -26,7 +28,8 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 import lungseg_monai
-from lungseg_monai.inference import read_model_card
+from lungseg_monai.inference import read_model_card, resolve_precision
+from lungseg_monai.inference.options import DEFAULT_PRECISION
 from lungseg_monai.label import MODEL_NAME
 from lungseg_monai.label.datastore import RadiographDatastore
 from lungseg_monai.label.errors import ImageNotFoundError
@@ -47,7 +50,8 @@ class LungSegLabelApp(MONAILabelApp):
     Args:
         app_dir: the app folder (holds ``main.py``; MONAI Label keeps its logs there).
         studies: the folder of images (PNG, JPEG, TIFF, BMP, DICOM, 2D NIfTI/NRRD/MetaImage).
-        conf: ``model`` (required), ``workdir``, ``device``, ``train_config`` (see the module doc).
+        conf: ``model`` (required), ``workdir``, ``device``, ``precision``, ``train_config`` (see the
+            module doc).
 
     Raises:
         ValueError: ``model`` missing from ``conf`` or ``studies`` is a URL.
@@ -63,11 +67,14 @@ class LungSegLabelApp(MONAILabelApp):
             raise ValueError(f"studies must be a local folder of images, got the URL '{studies}'")
         workdir = Path(conf.get("workdir") or Path(studies) / DEFAULT_WORKDIR_NAME)
         device = conf.get("device") or None
+        precision = conf.get("precision") or DEFAULT_PRECISION
+        resolve_precision(precision, device)  # an unknown name fails at start, not at the first request
         self.store = ModelStore(conf["model"], workdir)
         read_model_card(self.store.initial)  # fail at start, not at the first request, without a model card
-        self.segmenter = ReloadingSegmenter(self.store, device)
+        self.segmenter = ReloadingSegmenter(self.store, device, precision)
         self.train_config = find_train_config(conf.get("train_config"), self.store.initial)
         self.device = device
+        self.precision = precision
         logger.info(
             "lung model: serving '%s' (initial '%s'); fine-tuned models go to '%s'; training config '%s'",
             self.store.current(),
@@ -101,7 +108,7 @@ class LungSegLabelApp(MONAILabelApp):
         }
 
     def init_trainers(self) -> dict[str, TrainTask]:
-        return {MODEL_NAME: LungSegTrainTask(self.store, self.train_config, self.device)}
+        return {MODEL_NAME: LungSegTrainTask(self.store, self.train_config, self.device, self.precision)}
 
     def init_strategies(self) -> dict[str, Strategy]:
         return {"random": Random(), "first": First()}

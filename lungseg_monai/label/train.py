@@ -24,8 +24,9 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 import lungseg_monai
 from lungseg_monai.data import check_pair, file_stem, split_datalist
-from lungseg_monai.engine.checkpoint import load_network_weights
 from lungseg_monai.inference import read_model_card
+from lungseg_monai.inference.options import DEFAULT_PRECISION
+from lungseg_monai.io.checkpoint import load_network_weights
 from lungseg_monai.label.errors import BadRequestError
 from lungseg_monai.label.models import ModelStore
 from lungseg_monai.outputs import atomic_path
@@ -140,6 +141,7 @@ def fine_tune(
     train_config: str | os.PathLike,
     params: Mapping[str, Any],
     device: str | None = None,
+    precision: str = DEFAULT_PRECISION,
 ) -> dict[str, Any]:
     """Run the bundle's training config on ``splits``, starting from ``base_model``'s weights.
 
@@ -173,6 +175,7 @@ def fine_tune(
         "batch_size": int(params["batch_size"]),
         "val_batch_size": int(params["batch_size"]),
         "seed": int(params["seed"]),
+        "precision": precision,
     }
     if device:
         overrides["device"] = f"$torch.device({str(device)!r})"
@@ -205,13 +208,21 @@ class LungSegTrainTask(TrainTask):
         store: the served/published models.
         train_config: the bundle's ``configs/train.json`` (None: training answers with an error).
         device: torch device for training; None picks CUDA when available.
+        precision: the training config's ``precision`` (``auto``: bf16 on CPUs with bf16 instructions).
     """
 
-    def __init__(self, store: ModelStore, train_config: Path | None, device: str | None = None) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        train_config: Path | None,
+        device: str | None = None,
+        precision: str = DEFAULT_PRECISION,
+    ) -> None:
         super().__init__("Fine-tune the lung model on the saved labels (bundle training config)")
         self.store = store
         self.train_config = train_config
         self.device = device
+        self.precision = precision
         self.stats_path = store.workdir / STATS_FILE
 
     def config(self) -> dict[str, Any]:
@@ -243,7 +254,7 @@ class LungSegTrainTask(TrainTask):
         run_dir = self.store.workdir / "runs" / datetime.now().strftime("%Y%m%d_%H%M%S_%f")
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "datalist.json").write_text(json.dumps(splits, indent=2))
-        result = fine_tune(splits, base, run_dir, self.train_config, params, self.device)
+        result = fine_tune(splits, base, run_dir, self.train_config, params, self.device, self.precision)
         published = self.store.publish(result["run_model"], fine_tuned_from=base)
         stats = {
             **result,

@@ -1,0 +1,80 @@
+"""``lungseg --help`` and ``lungseg infer`` load only what they use: no Ignite, TensorBoard or trainer.
+
+Each check runs a fresh interpreter and lists the modules it ended with.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import REPO_ROOT, SAMPLE_DATA
+from PIL import Image
+
+TRAINING_MODULES = ("ignite", "tensorboard", "torch.utils.tensorboard", "mlflow", "lungseg_monai.engine")
+PNG = SAMPLE_DATA / "images" / "1052b0fe.png"
+
+# Runs `lungseg ARGS` as the console script does, then prints the loaded modules (None entries
+# are imports that were refused, i.e. not loaded).
+_RUN_CLI = """
+import json, runpy, sys
+sys.argv = ["lungseg", *json.loads(sys.argv[1])]
+try:
+    runpy.run_module("lungseg_monai.cli", run_name="__main__")
+except SystemExit as e:
+    code = e.code
+print(json.dumps({"code": code, "modules": sorted(k for k, v in sys.modules.items() if v is not None)}))
+"""
+
+
+def _modules_after(code: str, *args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _loaded(modules: list[str], name: str) -> bool:
+    return any(m == name or m.startswith(name + ".") for m in modules)
+
+
+def test_help_imports_neither_torch_nor_monai_nor_training_modules() -> None:
+    result = _modules_after(_RUN_CLI, json.dumps(["--help"]))
+    assert result["code"] == 0
+    assert [m for m in ("torch", "monai", *TRAINING_MODULES) if _loaded(result["modules"], m)] == []
+
+
+def test_infer_on_a_png_writes_its_mask_without_training_modules(segmenting_bundle: Path, tmp_path: Path) -> None:
+    args = ["infer", str(PNG), "-o", str(tmp_path), "--model", str(segmenting_bundle / "models" / "model.pt"),
+            "--device", "cpu", "--no-progress"]  # fmt: skip
+    result = _modules_after(_RUN_CLI, json.dumps(args))
+    assert result["code"] == 0
+    assert [m for m in TRAINING_MODULES if _loaded(result["modules"], m)] == []
+    assert _loaded(result["modules"], "monai")  # the check is not vacuous: inference did run MONAI
+    mask = np.asarray(Image.open(tmp_path / "masks" / f"{PNG.stem}.png"))
+    assert mask.shape == np.asarray(Image.open(PNG)).shape[:2] and set(np.unique(mask)) <= {0, 255}
+
+
+def test_importing_the_runner_does_not_import_our_training_stack() -> None:
+    # `import monai` itself loads Ignite and TensorBoard (optional imports in monai.engines and
+    # monai.handlers); only the `lungseg` process refuses them. Our own code must not need them:
+    code = "import json, sys; import lungseg_monai.inference.runner; print(json.dumps({'modules': sorted(sys.modules)}))"
+    modules = _modules_after(code)["modules"]
+    assert not _loaded(modules, "lungseg_monai.engine")
+    assert not _loaded(modules, "lungseg_monai.label")
+
+
+def test_our_inference_modules_import_with_training_modules_refused() -> None:
+    code = (
+        "import json, sys\n"
+        "from lungseg_monai.cli import TRAINING_ONLY_MODULES, exclude_modules\n"
+        "exclude_modules(TRAINING_ONLY_MODULES)\n"
+        "import lungseg_monai.inference.runner, lungseg_monai.inference.precision, lungseg_monai.io.checkpoint\n"
+        "print(json.dumps({'modules': sorted(k for k, v in sys.modules.items() if v is not None)}))"
+    )
+    modules = _modules_after(code)["modules"]
+    assert [m for m in TRAINING_MODULES if _loaded(modules, m)] == []
