@@ -41,8 +41,10 @@ logger = logging.getLogger(__name__)
 
 # The OOD limit is this many times the largest distance of a validation radiograph: validation
 # films are real chest radiographs the distribution never saw, so the limit leaves room for
-# unusual but genuine films from other sites.
-OOD_MARGIN = 1.5
+# unusual but genuine films from other sites. 1.5 let two photographs (grass, gravel) through to
+# review in the first QC benchmark; at 1.2 the largest test-split chest film (2.40) still sits
+# well below the limit (3.04 for the benchmarked ResNet50). See BENCHMARKS.md.
+OOD_MARGIN = 1.2
 # Inputs of the qc_score regression (ood_distance and n_out_of_range are added by QualityControl).
 SCORE_FEATURES = ("soft_dice", "tta_dice", "uncertain_share", "ood_distance", "n_out_of_range")
 RIDGE_ALPHA = 1.0

@@ -7,7 +7,7 @@ at the end of training (:mod:`lungseg_monai.qc.calibration`) and stored in the m
 ``"qc"``. The status:
 
 - ``reject``: the image is unlike every training radiograph (OOD distance above the calibrated
-  limit), no lung was found, the mask is far from any training lung (three or more shape features
+  limit), no lung was found, the mask is far from any training lung (two or more shape features
   out of range), or ``qc_score`` is below ``reject_below`` (0.80);
 - ``review``: ``qc_score`` below ``review_below`` (0.90), a shape feature outside the range of the
   training masks, or not two lung regions;
@@ -48,7 +48,7 @@ REJECT_BELOW = 0.80
 # A shape feature counts as out of range beyond the training [min, max] widened by this share of
 # the range on each side; this many features out of range reject the mask.
 RANGE_MARGIN = 0.10
-REJECT_OUT_OF_RANGE = 3
+REJECT_OUT_OF_RANGE = 2
 EXPECTED_REGIONS = 2
 _FEATURE_WORDS = {
     "lung_fraction": "lung fraction",

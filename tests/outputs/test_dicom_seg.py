@@ -124,8 +124,9 @@ def test_seg_algorithm_version_is_the_model_identity(tmp_path: Path) -> None:
         segmenter = stub_segmenter(weight)
         out = tmp_path / f"out{weight}"
         summary = segment_files([tmp_path / "chest.dcm"], out, segmenter, formats="dicomseg", progress=False)
-        assert summary.ok and len(summary.written) == 1
-        seg = pydicom.dcmread(summary.written[0])
+        (seg_file,) = [p for p in summary.written if p.parent.name == "dicomseg"]
+        assert summary.ok
+        seg = pydicom.dcmread(seg_file)
         algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
         assert algorithm.AlgorithmVersion == segmenter.identity
         assert (algorithm.AlgorithmName, seg.SegmentSequence[0].SegmentAlgorithmName) == ("LungUNet", "LungUNet")
