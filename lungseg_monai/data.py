@@ -13,7 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from monai.data import load_decathlon_datalist
 
 from lungseg_monai.io import SUPPORTED_SUFFIXES, RadiographReadError, check_mask_matches, read_mask, read_radiograph
 from lungseg_monai.outputs.atomic import atomic_path
@@ -128,6 +127,8 @@ def _monai_datalist_parts(path: Path, content: Mapping) -> dict[str, list[dict[s
             f"JSON datalist '{path}' has none of the keys {list(SPLIT_NAMES)} (found {sorted(content)}); "
             "a MONAI datalist lists its pairs under 'training' (and optionally 'validation' and 'test')"
         )
+    from monai.data import load_decathlon_datalist  # here: `lungseg --help` must not import MONAI
+
     parts: dict[str, list[dict[str, str]]] = {}
     for part in present:
         entries = load_decathlon_datalist(path, is_segmentation=True, data_list_key=part) if content[part] else []
