@@ -177,7 +177,7 @@ def test_bad_file_in_a_batch_fails_alone_and_existing_outputs_are_kept(
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lungseg_monai"):
         assert main(args) == 1
-    assert "0 segmented, 3 already done, 0 skipped, 1 failed" in caplog.text
+    assert "0 segmented, 0 rejected, 3 already done, 0 skipped, 1 failed" in caplog.text
     shutil.copy(SAMPLE_DATA / "images" / f"{PNG_NAMES[1]}.png", folder / f"{PNG_NAMES[0]}.png")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="lungseg_monai"):
