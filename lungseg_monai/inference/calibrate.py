@@ -23,22 +23,39 @@ __all__ = ["calibrate_model"]
 
 logger = logging.getLogger(__name__)
 
+# The fewest training and validation images a calibration can be fitted on.
+MIN_IMAGES = 2
+
 
 def calibrate_model(
     model_path: str | os.PathLike,
     datalists: Mapping[str, Sequence[Mapping[str, Any]]],
     device: str | torch.device | None = None,
     tta: bool = True,
-) -> Path:
+) -> Path | None:
     """Calibrate the model at ``model_path`` on ``datalists["training"]``/``["validation"]``; update its ``model.json``.
 
     Returns:
-        The model card file written.
+        The model card file written, or None (with a warning) when the split is too small to
+        calibrate on (fewer than 2 training or validation images): the model then has no QC.
 
     Raises:
         FileNotFoundError: no ``model.json`` beside the model (calibration is stored there).
     """
     model_path = Path(model_path)
+    n_training, n_validation = len(datalists.get("training", ())), len(datalists.get("validation", ()))
+    if n_training < MIN_IMAGES or n_validation < MIN_IMAGES:
+        # A training on a handful of images (a first MONAI Label round) still publishes its model.
+        logger.warning(
+            "QC not calibrated for '%s': needs at least %d training and %d validation images, got %d and %d; "
+            "its quality verdicts will say 'unavailable'",
+            model_path,
+            MIN_IMAGES,
+            MIN_IMAGES,
+            n_training,
+            n_validation,
+        )
+        return None
     card_path = model_path.with_suffix(".json")
     if not card_path.is_file():
         raise FileNotFoundError(

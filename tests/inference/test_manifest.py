@@ -72,7 +72,7 @@ def _first_run(
     """``count`` films copied with old time stamps, segmented once: (inputs, OUT_DIR, masks by name)."""
     films = [_copy_old(_film(name), tmp_path / "in" / f"{name}.png") for name in FILMS[:count]]
     out = tmp_path / "out"
-    assert _infer(caplog, films, out, model).startswith(f"{count} segmented, 0 already done")
+    assert _infer(caplog, films, out, model).startswith(f"{count} segmented, 0 rejected, 0 already done")
     return films, out, {name: _mask(out, name) for name in _inputs_by_name(out)}
 
 
@@ -87,18 +87,18 @@ def test_cp_p_copy_sorting_between_two_inputs_gets_a_new_name_and_its_own_mask(
     a, c = _copy_old(_film(FILMS[0]), tmp_path / "in" / "a" / "img.png"), tmp_path / "in" / "c" / "img.png"
     _copy_old(_film(FILMS[2]), c)
     out = tmp_path / "out"
-    assert _infer(caplog, [tmp_path / "in"], out, model).startswith("2 segmented, 0 already done")
+    assert _infer(caplog, [tmp_path / "in"], out, model).startswith("2 segmented, 0 rejected, 0 already done")
     assert _inputs_by_name(out) == {"img": a, "img_2": c}
     c_mask = _mask(out, "img_2")
 
     b = _copy_old(_film(FILMS[1]), tmp_path / "in" / "b" / "img.png")  # sorts between a and c, older than c's mask
-    assert _infer(caplog, [tmp_path / "in"], out, model).startswith("1 segmented, 2 already done")
+    assert _infer(caplog, [tmp_path / "in"], out, model).startswith("1 segmented, 0 rejected, 2 already done")
     assert _inputs_by_name(out) == {"img": a, "img_2": c, "img_3": b}
     np.testing.assert_array_equal(_mask(out, "img_2"), c_mask)
     _assert_masks_are_their_inputs_own(out, LungSegmenter.from_model(model, device="cpu"))
 
     # A run over b alone keeps a's and c's entries and rows: they are still theirs.
-    assert _infer(caplog, [b], out, model).startswith("0 segmented, 1 already done")
+    assert _infer(caplog, [b], out, model).startswith("0 segmented, 0 rejected, 1 already done")
     assert sorted(OutputManifest.load(out).names().values()) == ["img", "img_2", "img_3"]
     assert sorted(_inputs_by_name(out)) == ["img", "img_2", "img_3"]
 
@@ -119,7 +119,7 @@ def test_other_postprocessing_redoes_the_masks_and_their_measurements(
 ) -> None:
     films, out, default = _first_run(caplog, tmp_path, model)
 
-    assert _infer(caplog, films, out, model, "--keep-components", "1").startswith("2 segmented, 0 already done")
+    assert _infer(caplog, films, out, model, "--keep-components", "1").startswith("2 segmented, 0 rejected, 0 already done")
     one = LungSegmenter.from_model(model, device="cpu", postprocess=CleanLungMask(num_components=1))
     _assert_masks_are_their_inputs_own(out, one)
     assert any(not np.array_equal(default[name], _mask(out, name)) for name in default), "keep-1 changed nothing"
@@ -127,8 +127,8 @@ def test_other_postprocessing_redoes_the_masks_and_their_measurements(
         for row in csv.DictReader(f):
             assert int(row["lung_area_px"]) == np.count_nonzero(_mask(out, row["name"]))
 
-    assert _infer(caplog, films, out, model, "--keep-components", "1").startswith("0 segmented, 2 already done")
-    assert _infer(caplog, films, out, model, "--no-postprocess").startswith("2 segmented, 0 already done")
+    assert _infer(caplog, films, out, model, "--keep-components", "1").startswith("0 segmented, 0 rejected, 2 already done")
+    assert _infer(caplog, films, out, model, "--no-postprocess").startswith("2 segmented, 0 rejected, 0 already done")
 
 
 def test_changed_model_redoes_all_even_when_its_file_is_older_than_the_outputs(
@@ -146,7 +146,7 @@ def test_changed_model_redoes_all_even_when_its_file_is_older_than_the_outputs(
     torch.save(state, other)
     os.utime(other, (OLD_TIME, OLD_TIME))
 
-    assert _infer(caplog, films, out, other).startswith("2 segmented, 0 already done")
+    assert _infer(caplog, films, out, other).startswith("2 segmented, 0 rejected, 0 already done")
     _assert_masks_are_their_inputs_own(out, LungSegmenter.from_model(other, device="cpu"))
     assert any(not np.array_equal(first[name], _mask(out, name)) for name in first), "the new weights changed nothing"
     identities = {entry.model for entry in OutputManifest.load(out).entries.values()}
@@ -164,11 +164,11 @@ def test_corrupt_manifest_warns_and_every_output_is_redone(
     films, out, _ = _first_run(caplog, tmp_path, model)
     (out / MANIFEST_FILE).write_bytes(content)
 
-    assert _infer(caplog, films, out, model).startswith("2 segmented, 0 already done")
+    assert _infer(caplog, films, out, model).startswith("2 segmented, 0 rejected, 0 already done")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(f"output manifest '{out / MANIFEST_FILE}' cannot be read" in m and "redone" in m for m in warnings)
     assert sorted(json.loads((out / MANIFEST_FILE).read_text())["names"]) == sorted(_inputs_by_name(out))
-    assert _infer(caplog, films, out, model).startswith("0 segmented, 2 already done")  # the rewritten one is used
+    assert _infer(caplog, films, out, model).startswith("0 segmented, 0 rejected, 2 already done")  # the rewritten one is used
 
 
 def test_content_changed_in_place_with_the_same_size_and_mtime_is_hashed_again_synthetic(tmp_path: Path) -> None:
