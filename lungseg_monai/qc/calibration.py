@@ -33,7 +33,7 @@ from scipy.stats import spearmanr
 from lungseg_monai.io import read_mask, read_radiograph
 from lungseg_monai.qc.mask import dice, feature_ranges, mask_features
 from lungseg_monai.qc.ood import FeatureDistribution
-from lungseg_monai.qc.quality import QualityControl, ScoreModel
+from lungseg_monai.qc.quality import ScoreModel, out_of_range
 
 __all__ = ["OOD_MARGIN", "QC_CARD_KEY", "SCORE_FEATURES", "calibrate"]
 
@@ -116,12 +116,9 @@ def calibrate(
         "features": distribution.to_dict(),
         "ood_threshold": ood_threshold,
         "ranges": ranges,
-        # Placeholder model so QualityControl can count out-of-range features before the fit.
-        "score_model": ScoreModel(("soft_dice",), np.zeros(1), np.ones(1), np.zeros(1), 0.0).to_dict(),
     }
-    counter = QualityControl(calibration)
     for r in rows:
-        r["n_out_of_range"] = float(len(counter.out_of_range(r)))
+        r["n_out_of_range"] = float(len(out_of_range(r, ranges)))
     score_names = [n for n in SCORE_FEATURES if tta or n != "tta_dice"]
     score_model = ScoreModel.fit(rows, dices, score_names, alpha=RIDGE_ALPHA)
     calibration["score_model"] = score_model.to_dict()

@@ -36,6 +36,7 @@ __all__ = [
     "QCResult",
     "QualityControl",
     "ScoreModel",
+    "out_of_range",
 ]
 
 QC_PASS, QC_REVIEW, QC_REJECT, QC_UNAVAILABLE = "pass", "review", "reject", "unavailable"
@@ -155,6 +156,24 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def out_of_range(
+    features: Mapping[str, float], ranges: Mapping[str, Sequence[float]], margin: float = RANGE_MARGIN
+) -> list[str]:
+    """Reasons for the shape features outside their training [min, max], widened by ``margin`` x the range."""
+    reasons = []
+    for name in SHAPE_FEATURES:
+        if name not in ranges or name not in features:
+            continue
+        low, high = (float(v) for v in ranges[name])
+        pad = margin * (high - low)
+        value = float(features[name])
+        if not low - pad <= value <= high + pad:
+            reasons.append(
+                f"{_FEATURE_WORDS.get(name, name)} {_fmt(value)} outside the training range {_fmt(low)}-{_fmt(high)}"
+            )
+    return reasons
+
+
 class QualityControl:
     """Turns a mask's features into a :class:`QCResult`, with a model's calibration.
 
@@ -181,19 +200,7 @@ class QualityControl:
 
     def out_of_range(self, features: Mapping[str, float]) -> list[str]:
         """Reasons for shape features outside the training range (widened by the margin)."""
-        reasons = []
-        for name in SHAPE_FEATURES:
-            if name not in self.ranges or name not in features:
-                continue
-            low, high = self.ranges[name]
-            pad = self.range_margin * (high - low)
-            value = float(features[name])
-            if not low - pad <= value <= high + pad:
-                reasons.append(
-                    f"{_FEATURE_WORDS.get(name, name)} {_fmt(value)} outside the training range "
-                    f"{_fmt(low)}-{_fmt(high)}"
-                )
-        return reasons
+        return out_of_range(features, self.ranges, self.range_margin)
 
     def score_features(self, features: Mapping[str, float], image_features: np.ndarray | None) -> dict[str, float]:
         """``features`` plus ``ood_distance`` and ``n_out_of_range``, the inputs of the score model."""
