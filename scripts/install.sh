@@ -11,6 +11,22 @@ cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
 python="${PYTHON:-python3.11}"
 
+# System packages the PACS tests use: Orthanc with its DICOMweb plugin (Debian). Installed with
+# apt-get when this runs as root (or with password-less sudo); otherwise those tests skip with a
+# reason. LUNGSEG_NO_APT=1 leaves the system alone.
+system_packages=()
+command -v Orthanc >/dev/null 2>&1 || system_packages+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || system_packages+=(orthanc-dicomweb)
+if [ "${#system_packages[@]}" -gt 0 ] && [ "${LUNGSEG_NO_APT:-0}" != 1 ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then apt=(); else apt=(sudo -n); fi
+    if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
+        "${apt[@]}" apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive "${apt[@]}" apt-get install -y -qq --no-install-recommends "${system_packages[@]}" >/dev/null
+    else
+        echo "note: ${system_packages[*]} not installed (needs apt-get as root); the PACS tests will skip"
+    fi
+fi
+
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" "setuptools>=68" wheel
 SAM2_BUILD_CUDA=0 "$venv/bin/python" -m pip install --quiet --no-build-isolation -e ".[all]"
