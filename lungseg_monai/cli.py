@@ -24,7 +24,12 @@ __all__ = ["TRAINING_ONLY_MODULES", "build_parser", "console_main", "exclude_mod
 logger = logging.getLogger(__name__)
 
 # Modules providing subcommands, in the order they appear in --help.
-SUBCOMMAND_MODULES = ("lungseg_monai.analyze", "lungseg_monai.inference.cli", "lungseg_monai.label.cli")
+SUBCOMMAND_MODULES = (
+    "lungseg_monai.analyze",
+    "lungseg_monai.inference.cli",
+    "lungseg_monai.pacs.cli",
+    "lungseg_monai.label.cli",
+)
 # Optional MONAI dependencies used only by training and its logging (measured on `lungseg infer`
 # start-up: about 1100 modules, 50 MB and a third of the import time).
 TRAINING_ONLY_MODULES = ("ignite", "tensorboard", "tensorboardX", "torch.utils.tensorboard", "mlflow")

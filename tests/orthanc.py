@@ -124,11 +124,14 @@ class Orthanc:
                 self.process.wait(timeout=10)
 
 
-def start_orthanc(folder: Path, aet: str = "ORTHANC") -> Orthanc:
-    """Start Orthanc with DICOMweb from a config in ``folder``; returns once its REST API answers."""
+def start_orthanc(folder: Path, aet: str = "ORTHANC", dicom_port: int | None = None) -> Orthanc:
+    """Start Orthanc with DICOMweb from a config in ``folder``; returns once its REST API answers.
+
+    ``dicom_port``: a given DICOM port (a destination that comes up later), else a free one.
+    """
     binary = require_orthanc()
     folder.mkdir(parents=True, exist_ok=True)
-    http_port, dicom_port = free_port(), free_port()
+    http_port, dicom_port = free_port(), dicom_port or free_port()
     config = {
         "Name": "lungseg-test",
         "StorageDirectory": str(folder / "storage"),
@@ -170,9 +173,9 @@ def start_orthanc(folder: Path, aet: str = "ORTHANC") -> Orthanc:
 
 
 @contextlib.contextmanager
-def running_orthanc(folder: Path, aet: str = "ORTHANC") -> Iterator[Orthanc]:
+def running_orthanc(folder: Path, aet: str = "ORTHANC", dicom_port: int | None = None) -> Iterator[Orthanc]:
     """:func:`start_orthanc`, stopped on exit."""
-    server = start_orthanc(folder, aet)
+    server = start_orthanc(folder, aet, dicom_port)
     try:
         yield server
     finally:

@@ -255,15 +255,6 @@ def _load(segmenter: LungSegmenter, item: InferenceInput) -> tuple[Radiograph, t
     return radiograph, segmenter.prepare(radiograph)
 
 
-def _seg_description(qc: QCResult) -> str:
-    """The SEG's Content Description: says when quality control wants the mask reviewed."""
-    if qc.status == QC_REVIEW:
-        return f"QC review: {qc.reasons_text()}"
-    if qc.status == QC_REJECT:
-        return f"QC reject: {qc.reasons_text()}"
-    return "Lungs segmented automatically"
-
-
 def _write_outputs(
     segmenter: LungSegmenter,
     job: _Job,
@@ -290,7 +281,7 @@ def _write_outputs(
             save_nifti_mask(mask, target, radiograph.geometry)
         elif fmt == "dicomseg":
             # Imported here: highdicom is only needed when DICOM SEGs are asked for.
-            from lungseg_monai.outputs.dicom_seg import save_lung_seg
+            from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg
 
             save_lung_seg(
                 mask,
@@ -298,7 +289,7 @@ def _write_outputs(
                 target,
                 options.seg_series[job.item.series_uid],
                 segmenter.identity,
-                content_description=_seg_description(qc),
+                content_description=qc_content_description(qc),
             )
         written.append(target)
     row = measure_radiograph(mask, radiograph, job.item.name) if job.measure else None

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["atomic_path", "save_png"]
+__all__ = ["atomic_path", "fsync_path", "save_png"]
 
 
 def _new_empty_file(folder: Path, prefix: str, suffix: str) -> Path:
@@ -33,11 +33,24 @@ def _new_empty_file(folder: Path, prefix: str, suffix: str) -> Path:
         return path
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's) content to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike, suffix: str | None = None, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it is renamed to ``target``.
 
-    ``suffix`` keeps writers that choose a format by extension happy (default: target's own).
+    Args:
+        target: the final name.
+        suffix: keeps writers that choose a format by extension happy (default: target's own).
+        durable: also fsync the file before the rename and its folder after, so that the file
+            survives a power cut or ``kill -9`` once this returns (the DICOM node's spool).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +58,11 @@ def atomic_path(target: str | os.PathLike, suffix: str | None = None) -> Iterato
     tmp = _new_empty_file(target.parent, f".{target.name}.", f".tmp{suffix}")
     try:
         yield tmp
+        if durable:
+            fsync_path(tmp)
         os.replace(tmp, target)
+        if durable:
+            fsync_path(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

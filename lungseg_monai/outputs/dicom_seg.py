@@ -32,8 +32,16 @@ from pydicom.uid import generate_uid
 
 from lungseg_monai import __version__
 from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.qc.quality import QC_REJECT, QC_REVIEW, QCResult
 
-__all__ = ["LUNG_SEGMENT_LABEL", "has_image_plane", "lung_segment_description", "make_lung_seg", "save_lung_seg"]
+__all__ = [
+    "LUNG_SEGMENT_LABEL",
+    "has_image_plane",
+    "lung_segment_description",
+    "make_lung_seg",
+    "qc_content_description",
+    "save_lung_seg",
+]
 
 LUNG_SEGMENT_LABEL = "Lung"
 ANATOMICAL_STRUCTURE = ("123037004", "SCT", "Anatomical Structure")
@@ -95,6 +103,15 @@ def lung_segment_description(algorithm_version: str) -> hd.seg.SegmentDescriptio
             name=MODEL_NAME, family=hd.sr.CodedConcept(*ARTIFICIAL_INTELLIGENCE), version=algorithm_version
         ),
     )
+
+
+def qc_content_description(qc: QCResult) -> str:
+    """The SEG's Content Description: says when quality control wants the mask reviewed or rejects it."""
+    if qc.status == QC_REVIEW:
+        return f"QC review: {qc.reasons_text()}"
+    if qc.status == QC_REJECT:
+        return f"QC reject: {qc.reasons_text()}"
+    return CONTENT_DESCRIPTION
 
 
 def has_image_plane(source: Dataset) -> bool:
