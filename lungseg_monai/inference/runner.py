@@ -12,7 +12,10 @@ Layout of ``output_dir``::
     overlays/NAME.png     lung contour (red) over the radiograph
     nifti/NAME.nii.gz     mask 0/1 with the input's geometry (x = columns, y = rows)
     dicomseg/NAME.dcm     DICOM SEG referencing the source (DICOM inputs only; none for a
-                          mask quality control rejects, unless ``write_rejected``)
+                          mask quality control rejects, unless ``write_rejected``); its series
+                          and SOP instance UIDs derive from the source's and the model identity
+                          (:class:`~lungseg_monai.outputs.dicom_uids.ResultUIDs`), so reruns
+                          give the same UIDs
     measurements.csv      one row per NAME: total, right and left lung area (px, cm²) and the
                           quality verdict (qc_status, qc_score, qc_reasons)
     manifest.json         per NAME: its input (resolved path, size, mtime, SHA-256), model identity,
@@ -33,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import torch
-from pydicom.uid import generate_uid
 from tqdm import tqdm
 
 from lungseg_monai.inference.discovery import Discovery, InferenceInput, SkippedInput, discover_inputs
@@ -50,6 +53,7 @@ from lungseg_monai.inference.predictor import LungSegmenter, QCForward
 from lungseg_monai.inference.transforms import CleanLungMask, mask_to_uint8_2d
 from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
 from lungseg_monai.outputs import save_overlay, save_png
+from lungseg_monai.outputs.dicom_uids import ResultUIDs
 from lungseg_monai.outputs.measurements import measure_radiograph, read_measurements, write_measurements
 from lungseg_monai.outputs.nifti import NIFTI_SUFFIX, save_nifti_mask
 from lungseg_monai.qc.quality import QC_REJECT, QC_REVIEW, QC_STATUSES, QC_UNAVAILABLE, QCResult
@@ -196,7 +200,6 @@ class _Job:
 class _Options:
     """Run-wide settings the writing threads need."""
 
-    seg_series: dict[str, str]
     write_rejected: bool
 
 
@@ -292,13 +295,16 @@ def _write_outputs(
             # Imported here: highdicom is only needed when DICOM SEGs are asked for.
             from lungseg_monai.outputs.dicom_seg import save_lung_seg
 
+            # The same UIDs for the same source and model in every run: resending never duplicates.
+            uids = ResultUIDs.for_source(pydicom.dcmread(job.item.path, stop_before_pixels=True), segmenter.identity)
             save_lung_seg(
                 mask,
                 job.item.path,
                 target,
-                options.seg_series[job.item.series_uid],
+                uids.seg_series_uid,
                 segmenter.identity,
                 content_description=_seg_description(qc),
+                sop_instance_uid=uids.seg_sop_uid,
             )
         written.append(target)
     row = measure_radiograph(mask, radiograph, job.item.name) if job.measure else None
@@ -510,9 +516,7 @@ def segment_files(
             len(summary.up_to_date),
             output_dir,
         )
-    # One new SEG series per source series in this run.
-    seg_series = {series: generate_uid() for series in {j.item.series_uid for j in jobs if j.item.is_dicom}}
-    options = _Options(seg_series, bool(write_rejected))
+    options = _Options(bool(write_rejected))
     pipeline = _Pipeline(segmenter, summary, rows, options, batch_size, workers, progress, len(jobs))
     try:
         pipeline.run(jobs)

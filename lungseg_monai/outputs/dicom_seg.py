@@ -216,8 +216,13 @@ def save_lung_seg(
     series_instance_uid: str,
     algorithm_version: str,
     content_description: str = CONTENT_DESCRIPTION,
+    sop_instance_uid: str | None = None,
 ) -> Path:
     """Read the source DICOM's header, build :func:`make_lung_seg` and write it atomically.
+
+    ``sop_instance_uid`` (default: a new one) and ``series_instance_uid`` are best taken from
+    :meth:`lungseg_monai.outputs.dicom_uids.ResultUIDs.for_source`, so that a rerun writes the same
+    object again instead of a second one.
 
     Returns:
         ``target``.
@@ -230,6 +235,7 @@ def save_lung_seg(
         series_instance_uid=series_instance_uid,
         algorithm_version=algorithm_version,
         source_size_bytes=source_path.stat().st_size,
+        sop_instance_uid=sop_instance_uid,
         content_description=content_description,
     )
     target = Path(target)
