@@ -41,7 +41,7 @@ def test_derived_uid_without_parts_is_refused() -> None:
 def test_result_uids_equal_across_calls_and_differ_across_identities_and_sources() -> None:
     uids = ResultUIDs.for_source(_source(), IDENTITY)
     assert uids == ResultUIDs.for_source(_source(), IDENTITY)
-    values = [uids.seg_series_uid, uids.seg_sop_uid, uids.sr_series_uid, uids.sr_sop_uid, uids.sc_series_uid, uids.sc_sop_uid]
+    values = list(vars(uids).values())
     assert len(set(values)) == 6 and all(UID(v).is_valid and len(v) <= 64 for v in values)
     other_model = ResultUIDs.for_source(_source(), IDENTITY + "x")
     assert not set(values) & set(vars(other_model).values())
