@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, require_shared
 from dicom_factory import synthetic_lung_mask
+from stub_segmenter import stub_segmenter
 
+from lungseg_monai.inference.runner import segment_files
 from lungseg_monai.io import read_radiograph
 from lungseg_monai.outputs.dicom_sc import make_overlay_sc, save_overlay_sc
 from lungseg_monai.outputs.dicom_uids import ResultUIDs
@@ -84,3 +88,17 @@ def test_overlay_of_another_size_or_type_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="overlay is float64 of shape"):
         make_overlay_sc(source, np.zeros((1024, 1024, 3)), IDENTITY, uids.sc_series_uid, uids.sc_sop_uid)
+
+
+def test_infer_writes_the_overlay_png_and_its_secondary_capture_alike(tmp_path: Path) -> None:
+    require_shared()
+    shutil.copy(DICOM_JPEG_SIIM, tmp_path / "chest.dcm")
+    segmenter = stub_segmenter()
+    summary = segment_files([tmp_path / "chest.dcm"], tmp_path / "out", segmenter, "overlay,dicomsc", progress=False)
+    assert summary.ok
+    source = pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True)
+    name = str(source.SOPInstanceUID)
+    sc = pydicom.dcmread(tmp_path / "out" / "dicomsc" / f"{name}.dcm")
+    uids = ResultUIDs.for_source(source, segmenter.identity)
+    assert (sc.SOPInstanceUID, sc.SeriesInstanceUID) == (uids.sc_sop_uid, uids.sc_series_uid)
+    np.testing.assert_array_equal(sc.pixel_array, np.asarray(Image.open(tmp_path / "out" / "overlays" / f"{name}.png")))

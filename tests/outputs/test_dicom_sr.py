@@ -8,6 +8,7 @@ states PixelSpacing 0.168 mm (areas in cm²).
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from pathlib import Path
 
@@ -15,19 +16,23 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, require_shared
+from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA, require_shared
 from dicom_factory import synthetic_lung_mask
+from stub_segmenter import stub_segmenter
 
+from lungseg_monai.inference.options import DEFAULT_FORMATS
+from lungseg_monai.inference.runner import MEASUREMENTS_FILE, segment_files
 from lungseg_monai.io import read_radiograph
 from lungseg_monai.outputs.dicom_seg import make_lung_seg
 from lungseg_monai.outputs.dicom_sr import make_lung_sr, save_lung_sr
 from lungseg_monai.outputs.dicom_uids import ResultUIDs
-from lungseg_monai.outputs.measurements import measure_radiograph
+from lungseg_monai.outputs.measurements import measure_radiograph, read_measurements
 from lungseg_monai.qc.quality import QCResult
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 IDENTITY = "LungUNet-resnet34-0123456789ab"
 LATERALITY = {"51440002": "lung_area", "24028007": "right_lung_area", "7771000": "left_lung_area"}
+SAMPLE_PNG = SAMPLE_DATA / "images" / "1052b0fe.png"
 REVIEW = QCResult("review", 0.8734, ("estimated Dice 0.87 < 0.90",))
 
 
@@ -204,3 +209,59 @@ def test_missing_areas_unknown_status_and_a_foreign_seg_are_refused() -> None:
     foreign = make_lung_seg(synthetic_lung_mask(other), other, uids.seg_series_uid, IDENTITY)
     with pytest.raises(ValueError, match="the SEG does not reference the source image"):
         make_lung_sr(source, foreign, row, REVIEW, *args)
+
+
+def _copy_inputs(folder: Path) -> Path:
+    """The two real DICOMs and a PNG (which gets no DICOM results) in one input folder."""
+    folder.mkdir()
+    for source in (DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_PNG):
+        shutil.copy(source, folder / source.name)
+    return folder
+
+
+def test_infer_writes_an_sr_per_dicom_input_referencing_its_seg(tmp_path: Path) -> None:
+    require_shared()
+    segmenter = stub_segmenter()
+    formats = "dicomseg,dicomsr,measurements"
+    summary = segment_files([_copy_inputs(tmp_path / "in")], tmp_path / "out", segmenter, formats, progress=False)
+    assert summary.ok
+    rows = read_measurements(tmp_path / "out" / MEASUREMENTS_FILE)
+    for source_path, suffix, unit in ((DICOM_J2K_MONO1, "_px", "{pixels}"), (DICOM_JPEG_SIIM, "_cm2", "cm2")):
+        source = pydicom.dcmread(source_path, stop_before_pixels=True)
+        name = str(source.SOPInstanceUID)
+        uids = ResultUIDs.for_source(source, segmenter.identity)
+        sr = pydicom.dcmread(tmp_path / "out" / "dicomsr" / f"{name}.dcm")
+        assert (sr.SOPInstanceUID, sr.SeriesInstanceUID, sr.StudyInstanceUID) == (
+            uids.sr_sop_uid,
+            uids.sr_series_uid,
+            source.StudyInstanceUID,
+        )
+        group = _group(sr)
+        assert _areas(group) == {key: (float(rows[name][key + suffix]), unit) for key in LATERALITY.values()}
+        assert _private(group, "qc_status").ConceptCodeSequence[0].CodeValue == rows[name]["qc_status"]
+        (frame,) = [i for i in group.ContentSequence if _code(i) == ("121214", "DCM")]
+        assert frame.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == uids.seg_sop_uid
+        assert pydicom.dcmread(tmp_path / "out" / "dicomseg" / f"{name}.dcm").SOPInstanceUID == uids.seg_sop_uid
+    assert sorted(p.name for p in (tmp_path / "out" / "dicomsr").iterdir()) == sorted(
+        f"{pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID}.dcm" for p in (DICOM_J2K_MONO1, DICOM_JPEG_SIIM)
+    )  # the PNG gets none
+    assert "dicomsr" not in DEFAULT_FORMATS and "dicomsc" not in DEFAULT_FORMATS
+
+
+def test_infer_gives_a_rejected_mask_an_sr_without_seg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_shared()
+    segmenter = stub_segmenter()
+    monkeypatch.setattr(segmenter, "assess", lambda _: QCResult("reject", 0.42, ("no lung found",)))
+    shutil.copy(DICOM_JPEG_SIIM, tmp_path / "chest.dcm")
+    name = str(pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True).SOPInstanceUID)
+    for out, write_rejected in ((tmp_path / "out", False), (tmp_path / "out_rejected", True)):
+        summary = segment_files(
+            [tmp_path / "chest.dcm"], out, segmenter, "dicomseg,dicomsr", progress=False, write_rejected=write_rejected
+        )
+        assert summary.ok
+        group = _group(pydicom.dcmread(out / "dicomsr" / f"{name}.dcm"))
+        assert _private(group, "qc_status").ConceptCodeSequence[0].CodeValue == "reject"
+        assert _private(group, "qc_reasons").TextValue == "no lung found"
+        seg_references = [i for i in group.ContentSequence if _code(i) == ("121214", "DCM")]
+        assert (out / "dicomseg" / f"{name}.dcm").exists() is write_rejected
+        assert len(seg_references) == int(write_rejected)
