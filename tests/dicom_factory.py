@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -67,3 +68,13 @@ def write_non_chest_copies(source: Path, folder: Path) -> dict[str, Path]:
         name: copy_with(source, folder / f"{name}.dcm", SOPInstanceUID=generate_uid(), **attributes)
         for name, attributes in NON_CHEST_HEADERS.items()
     }
+
+
+def synthetic_lung_mask(source: pydicom.Dataset) -> np.ndarray:
+    """A (Rows, Columns) uint8 mask of two rectangles of different sizes, off-centre so that a flip,
+    a transposition or swapped sides would show."""
+    rows, cols = int(source.Rows), int(source.Columns)
+    mask = np.zeros((rows, cols), np.uint8)
+    mask[rows // 5 : rows * 3 // 4, cols // 10 : cols * 2 // 5] = 1
+    mask[rows // 4 : rows * 3 // 4, cols * 3 // 5 : cols * 9 // 10] = 1
+    return mask

@@ -41,7 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=(
             "Segment the lungs on chest radiographs. INPUT is a file, a folder (searched recursively) or a DICOM "
             "study folder. Writes OUT_DIR/masks/NAME.png (0/255, the input's size), overlays/NAME.png, "
-            "nifti/NAME.nii.gz, dicomseg/NAME.dcm (DICOM inputs) and measurements.csv; NAME is the "
+            "nifti/NAME.nii.gz, dicomseg/NAME.dcm (DICOM inputs) and measurements.csv, and on request "
+            "dicomsr/NAME.dcm (DICOM SR of the lung areas and the verdict) and dicomsc/NAME.dcm (secondary "
+            "capture of the overlay, DICOM inputs); NAME is the "
             "SOPInstanceUID for DICOM, else the file name. Images too small, blank or elongated to be a radiograph "
             "are rejected, DICOMs whose header names another body part or modality skipped; each is listed with "
             "its reason. Every mask gets a quality verdict (pass, review, reject) in measurements.csv and the "
@@ -56,7 +58,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--formats",
         default=",".join(DEFAULT_FORMATS),
-        help=f"comma-separated outputs among {','.join(FORMATS)} (default: %(default)s; dicomseg for DICOM inputs)",
+        help=f"comma-separated outputs among {','.join(FORMATS)} (default: %(default)s; dicomseg, dicomsr and "
+        "dicomsc for DICOM inputs)",
     )
     parser.add_argument(
         "--overwrite",

@@ -19,7 +19,7 @@ __all__ = [
     "PRECISIONS",
 ]
 
-FORMATS = ("mask", "overlay", "nifti", "dicomseg", "measurements")
+FORMATS = ("mask", "overlay", "nifti", "dicomseg", "dicomsr", "dicomsc", "measurements")
 DEFAULT_FORMATS = ("mask", "overlay", "dicomseg", "measurements")
 DEFAULT_BATCH_SIZE = 4
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)

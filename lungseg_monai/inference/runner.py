@@ -12,7 +12,15 @@ Layout of ``output_dir``::
     overlays/NAME.png     lung contour (red) over the radiograph
     nifti/NAME.nii.gz     mask 0/1 with the input's geometry (x = columns, y = rows)
     dicomseg/NAME.dcm     DICOM SEG referencing the source (DICOM inputs only; none for a
-                          mask quality control rejects, unless ``write_rejected``)
+                          mask quality control rejects, unless ``write_rejected``); its series
+                          and SOP instance UIDs derive from the source's and the model identity
+                          (:class:`~lungseg_monai.outputs.dicom_uids.ResultUIDs`), so reruns
+                          give the same UIDs
+    dicomsr/NAME.dcm      DICOM SR (TID 1500) of the lung areas and the quality verdict, referencing
+                          the source and the SEG when there is one (DICOM inputs only; a rejected
+                          mask gets one too: it carries the verdict)
+    dicomsc/NAME.dcm      DICOM Secondary Capture of the overlay, for viewers without SEG support
+                          (DICOM inputs only); SR and SC UIDs are deterministic like the SEG's
     measurements.csv      one row per NAME: total, right and left lung area (px, cm²) and the
                           quality verdict (qc_status, qc_score, qc_reasons)
     manifest.json         per NAME: its input (resolved path, size, mtime, SHA-256), model identity,
@@ -33,8 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pydicom
 import torch
-from pydicom.uid import generate_uid
 from tqdm import tqdm
 
 from lungseg_monai.inference.discovery import Discovery, InferenceInput, SkippedInput, discover_inputs
@@ -49,7 +58,8 @@ from lungseg_monai.inference.options import (
 from lungseg_monai.inference.predictor import LungSegmenter, QCForward
 from lungseg_monai.inference.transforms import CleanLungMask, mask_to_uint8_2d
 from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
-from lungseg_monai.outputs import save_overlay, save_png
+from lungseg_monai.outputs import overlay_contours, save_overlay, save_png
+from lungseg_monai.outputs.dicom_uids import ResultUIDs
 from lungseg_monai.outputs.measurements import measure_radiograph, read_measurements, write_measurements
 from lungseg_monai.outputs.nifti import NIFTI_SUFFIX, save_nifti_mask
 from lungseg_monai.qc.quality import QC_REJECT, QC_REVIEW, QC_STATUSES, QC_UNAVAILABLE, QCResult
@@ -74,7 +84,11 @@ _LAYOUT = {
     "overlay": ("overlays", ".png"),
     "nifti": ("nifti", NIFTI_SUFFIX),
     "dicomseg": ("dicomseg", ".dcm"),
+    "dicomsr": ("dicomsr", ".dcm"),
+    "dicomsc": ("dicomsc", ".dcm"),
 }
+# Per-file outputs that only DICOM inputs get.
+_DICOM_FORMATS = ("dicomseg", "dicomsr", "dicomsc")
 MEASUREMENTS_FILE = "measurements.csv"
 # Masks to review or rejected listed one by one in the run's report; the rest are in measurements.csv.
 MAX_QC_LINES = 20
@@ -190,13 +204,13 @@ class _Job:
     item: InferenceInput
     targets: dict[str, Path]  # per-file outputs still to write
     measure: bool  # a measurements row is needed
+    seg_kept: Path | None = None  # the SEG a new SR references when the SEG itself is kept
 
 
 @dataclass(frozen=True)
 class _Options:
     """Run-wide settings the writing threads need."""
 
-    seg_series: dict[str, str]
     write_rejected: bool
 
 
@@ -223,13 +237,14 @@ def _plan(
         targets = {
             fmt: output_path(output_dir, fmt, item.name)
             for fmt in formats
-            if fmt in _LAYOUT and (fmt != "dicomseg" or item.is_dicom)
+            if fmt in _LAYOUT and (fmt not in _DICOM_FORMATS or item.is_dicom)
         }
         valid = set() if overwrite else manifest.valid_outputs(item.name, states[item], segmenter.identity, settings)
-        targets = {fmt: path for fmt, path in targets.items() if fmt not in valid or not path.exists()}
+        kept = {fmt: path for fmt, path in targets.items() if fmt in valid and path.exists()}
+        targets = {fmt: path for fmt, path in targets.items() if fmt not in kept}
         measure = "measurements" in formats and ("measurements" not in valid or item.name not in rows)
         if targets or measure:
-            jobs.append(_Job(item, targets, measure))
+            jobs.append(_Job(item, targets, measure, kept.get("dicomseg")))
         else:
             done.append(item)
     return jobs, done
@@ -268,6 +283,12 @@ def _write_outputs(
     """
     mask = segmenter.to_mask(network_output.probabilities[0], radiograph.shape)
     qc = segmenter.assess(network_output)
+    row = measure_radiograph(mask, radiograph, job.item.name) if job.measure or "dicomsr" in job.targets else None
+    if row is not None:
+        row.update(qc.as_row())
+    dicom_wanted = any(fmt in _DICOM_FORMATS for fmt in job.targets)
+    source = pydicom.dcmread(job.item.path, stop_before_pixels=True) if dicom_wanted else None
+    seg = job.seg_kept
     written = []
     for fmt, target in job.targets.items():
         if fmt == "dicomseg" and qc.status == QC_REJECT and not options.write_rejected:
@@ -279,23 +300,51 @@ def _write_outputs(
             save_overlay(radiograph.pixels, mask, target)
         elif fmt == "nifti":
             save_nifti_mask(mask, target, radiograph.geometry)
-        elif fmt == "dicomseg":
-            # Imported here: highdicom is only needed when DICOM SEGs are asked for.
-            from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg
-
-            save_lung_seg(
-                mask,
-                job.item.path,
-                target,
-                options.seg_series[job.item.series_uid],
-                segmenter.identity,
-                content_description=qc_content_description(qc),
-            )
+        elif source is not None:
+            _write_dicom(fmt, target, job.item.path, source, segmenter.identity, mask, radiograph, qc, row, seg)
+            if fmt == "dicomseg":
+                seg = target  # the SR of this job references it
         written.append(target)
-    row = measure_radiograph(mask, radiograph, job.item.name) if job.measure else None
-    if row is not None:
-        row.update(qc.as_row())
-    return written, row, qc
+    return written, row if job.measure else None, qc
+
+
+def _write_dicom(
+    fmt: str,
+    target: Path,
+    source_path: Path,
+    source: pydicom.Dataset,
+    identity: str,
+    mask: np.ndarray,
+    radiograph: Radiograph,
+    qc: QCResult,
+    row: dict[str, Any] | None,
+    seg: Path | None,
+) -> None:
+    """Write the ``dicomseg``, ``dicomsr`` or ``dicomsc`` result of a DICOM input.
+
+    Its UIDs derive from the source's and the model identity (:class:`ResultUIDs`): the same in
+    every run, so resending a result to a PACS never makes a second object. The SR references
+    ``seg`` when there is one. highdicom is imported here, only when DICOM results are asked for.
+    """
+    uids = ResultUIDs.for_source(source, identity)
+    if fmt == "dicomseg":
+        from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg
+
+        description = qc_content_description(qc)
+        save_lung_seg(
+            mask, source_path, target, uids.seg_series_uid, identity, description, sop_instance_uid=uids.seg_sop_uid
+        )
+    elif fmt == "dicomsr":
+        from lungseg_monai.outputs.dicom_sr import save_lung_sr
+
+        save_lung_sr(source, target, seg, row or {}, qc, identity, uids.sr_series_uid, uids.sr_sop_uid)
+    elif fmt == "dicomsc":
+        from lungseg_monai.outputs.dicom_sc import save_overlay_sc
+
+        overlay = overlay_contours(radiograph.pixels, mask)
+        save_overlay_sc(source, target, overlay, identity, uids.sc_series_uid, uids.sc_sop_uid)
+    else:
+        raise ValueError(f"unknown DICOM output format {fmt!r}; expected one of {', '.join(_DICOM_FORMATS)}")
 
 
 def _reason(error: BaseException) -> str:
@@ -429,8 +478,8 @@ def segment_files(
         inputs: files, folders (recursive) or DICOM study folders.
         output_dir: where outputs go (see the module docstring for the layout).
         model: ``models/model.pt``, an exported ``model.ts``, or a ready :class:`LungSegmenter`.
-        formats: any of :data:`FORMATS` (``"mask,overlay"`` or a list); ``dicomseg`` applies to
-            DICOM inputs only.
+        formats: any of :data:`FORMATS` (``"mask,overlay"`` or a list); ``dicomseg``, ``dicomsr``
+            and ``dicomsc`` apply to DICOM inputs only.
         overwrite: rewrite outputs that exist (default: keep those the manifest says were made from
             the same input content, model and settings, and skip that work).
         batch_size: images per network call.
@@ -501,9 +550,7 @@ def segment_files(
             len(summary.up_to_date),
             output_dir,
         )
-    # One new SEG series per source series in this run.
-    seg_series = {series: generate_uid() for series in {j.item.series_uid for j in jobs if j.item.is_dicom}}
-    options = _Options(seg_series, bool(write_rejected))
+    options = _Options(bool(write_rejected))
     pipeline = _Pipeline(segmenter, summary, rows, options, batch_size, workers, progress, len(jobs))
     try:
         pipeline.run(jobs)

@@ -20,7 +20,6 @@ be told apart; Software Versions is the lungseg_monai version that wrote the fil
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from pydicom.uid import generate_uid
 
 from lungseg_monai import __version__
 from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.outputs.dicom_header import MANUFACTURER, MODEL_NAME, patient_study_header
 from lungseg_monai.qc.quality import QC_REJECT, QC_REVIEW, QCResult
 
 __all__ = [
@@ -49,8 +49,6 @@ LUNG = ("39607008", "SCT", "Lung")
 ARTIFICIAL_INTELLIGENCE = ("113037", "DCM", "Artificial Intelligence")
 SEG_SERIES_NUMBER = 1001
 SEG_SERIES_DESCRIPTION = "Lung segmentation (lungseg_monai)"
-MANUFACTURER = "lungseg_monai"
-MODEL_NAME = "LungUNet"
 CONTENT_DESCRIPTION = "Lungs segmented automatically"
 # Content Description is a LO (Long String) attribute: at most 64 characters.
 _LO_MAX_CHARS = 64
@@ -63,19 +61,6 @@ _IMAGE_PLANE_KEYWORDS = (
     "ImageOrientationPatient",
     "PixelSpacing",
 )
-# Type 2 attributes of the Patient and General Study modules that highdicom copies and requires.
-_TYPE2_COPIED = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
-_PATIENT_SEX_VALUES = ("M", "F", "O", "")
 # Lossy Image Compression Method (0028,2114) defined terms by transfer syntax.
 _LOSSY_METHOD = {
     "1.2.840.10008.1.2.4.50": "ISO_10918_1",
@@ -130,13 +115,11 @@ def _source_for_highdicom(source: Dataset, source_size_bytes: int | None) -> Dat
     Thickness, type 2 in the Image Plane module, is made empty: highdicom reads it). Any other
     source loses its Frame of Reference (so highdicom references the source per frame instead of
     by plane geometry, which it lacks) and its Pixel Spacing (highdicom 0.22 cannot read back the
-    Pixel Measures it would write without a slice thickness). Missing type 2 patient/study
-    attributes are made empty, and lossy-compression details highdicom copies are completed from
-    the transfer syntax.
+    Pixel Measures it would write without a slice thickness). Patient and study attributes are
+    completed and normalised by :func:`~lungseg_monai.outputs.dicom_header.patient_study_header`,
+    and lossy-compression details highdicom copies are completed from the transfer syntax.
     """
-    header = copy.deepcopy(source)
-    if "PixelData" in header:
-        del header.PixelData
+    header = patient_study_header(source)
     if has_image_plane(header):
         if "SliceThickness" not in header:
             header.SliceThickness = ""
@@ -144,17 +127,6 @@ def _source_for_highdicom(source: Dataset, source_size_bytes: int | None) -> Dat
         for keyword in _IMAGE_PLANE_KEYWORDS:
             if keyword in header:
                 delattr(header, keyword)
-    for keyword in _TYPE2_COPIED:
-        if keyword not in header:
-            setattr(header, keyword, "")
-    name = str(header.PatientName)
-    if name and "^" not in name:
-        # "Doe" and "Doe^" are the same DICOM person name; without a caret highdicom warns and
-        # prints the name, and patient names must never reach the logs.
-        family, *others = name.split("=", 1)
-        header.PatientName = "=".join([f"{family}^", *others])
-    if str(header.PatientSex).strip().upper() not in _PATIENT_SEX_VALUES:
-        header.PatientSex = ""  # e.g. "U": not a DICOM value, and highdicom refuses it
     if str(header.get("LossyImageCompression", "")) == "01":
         syntax = str(getattr(getattr(source, "file_meta", None), "TransferSyntaxUID", ""))
         if "LossyImageCompressionMethod" not in header and syntax in _LOSSY_METHOD:
@@ -233,8 +205,13 @@ def save_lung_seg(
     series_instance_uid: str,
     algorithm_version: str,
     content_description: str = CONTENT_DESCRIPTION,
+    sop_instance_uid: str | None = None,
 ) -> Path:
     """Read the source DICOM's header, build :func:`make_lung_seg` and write it atomically.
+
+    ``sop_instance_uid`` (default: a new one) and ``series_instance_uid`` are best taken from
+    :meth:`lungseg_monai.outputs.dicom_uids.ResultUIDs.for_source`, so that a rerun writes the same
+    object again instead of a second one.
 
     Returns:
         ``target``.
@@ -247,6 +224,7 @@ def save_lung_seg(
         series_instance_uid=series_instance_uid,
         algorithm_version=algorithm_version,
         source_size_bytes=source_path.stat().st_size,
+        sop_instance_uid=sop_instance_uid,
         content_description=content_description,
     )
     target = Path(target)

@@ -263,7 +263,8 @@ def test_dicoms_whose_header_names_panoramic_hand_or_skull_are_skipped_unless_no
     [
         (
             ["--formats", "mask,jpeg"],
-            "unknown output format(s) ['jpeg']; choose from mask, overlay, nifti, dicomseg, measurements",
+            "unknown output format(s) ['jpeg']; choose from mask, overlay, nifti, dicomseg, dicomsr, dicomsc, "
+            "measurements",
         ),
         (["--keep-components", "0"], "num_components must be a positive integer or None (keep all), got 0"),
     ],

@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, require_shared
+from dicom_factory import synthetic_lung_mask
 from pydicom.uid import generate_uid
 from stub_segmenter import stub_segmenter
 
@@ -20,20 +21,11 @@ from lungseg_monai.outputs.dicom_seg import make_lung_seg, save_lung_seg
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
-def _mask_for(source: pydicom.Dataset) -> np.ndarray:
-    """Synthetic mask with two rectangles, off-centre so a flip or transposition would show."""
-    rows, cols = int(source.Rows), int(source.Columns)
-    mask = np.zeros((rows, cols), np.uint8)
-    mask[rows // 5 : rows * 3 // 4, cols // 10 : cols * 2 // 5] = 1
-    mask[rows // 4 : rows * 3 // 4, cols * 3 // 5 : cols * 9 // 10] = 1
-    return mask
-
-
 @pytest.mark.parametrize("source_path", [DICOM_J2K_MONO1, DICOM_JPEG_SIIM], ids=["j2k_cr", "jpeg_sc"])
 def test_seg_references_source_and_reads_back(tmp_path: Path, source_path: Path) -> None:
     require_shared()
     source = pydicom.dcmread(source_path, stop_before_pixels=True)
-    mask = _mask_for(source)
+    mask = synthetic_lung_mask(source)
     series_uid = generate_uid()
     path = save_lung_seg(mask, source_path, tmp_path / "seg.dcm", series_uid, "9.9.9")
 
@@ -87,7 +79,7 @@ def test_frame_of_reference_without_an_image_plane_is_not_passed_on(tmp_path: Pa
     source = pydicom.dcmread(DICOM_J2K_MONO1, stop_before_pixels=True)
     source.FrameOfReferenceUID = generate_uid()
     assert "ImagePositionPatient" not in source and "ImageOrientationPatient" not in source
-    mask = _mask_for(source)
+    mask = synthetic_lung_mask(source)
     seg = _write_and_read_back(make_lung_seg(mask, source, generate_uid(), "9.9.9"), tmp_path / "seg.dcm")
     assert "FrameOfReferenceUID" not in seg and "PositionReferenceIndicator" not in seg
     shared = seg.SharedFunctionalGroupsSequence[0]
@@ -103,7 +95,7 @@ def test_frame_of_reference_with_an_image_plane_comes_with_plane_position_and_or
     source.FrameOfReferenceUID = for_uid = generate_uid()
     source.ImagePositionPatient = [-172.0, 0.0, 190.0]
     source.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]  # coronal: rows to the left, columns down
-    mask = _mask_for(source)
+    mask = synthetic_lung_mask(source)
     seg = _write_and_read_back(make_lung_seg(mask, source, generate_uid(), "9.9.9"), tmp_path / "seg.dcm")
     assert seg.FrameOfReferenceUID == for_uid
     shared = seg.SharedFunctionalGroupsSequence[0]
@@ -142,7 +134,7 @@ def test_source_without_type2_patient_attributes_is_completed_synthetic() -> Non
         if keyword in source:
             delattr(source, keyword)
     source.PatientSex = "U"  # not a DICOM value
-    seg = make_lung_seg(_mask_for(source), source, generate_uid(), "9.9.9")
+    seg = make_lung_seg(synthetic_lung_mask(source), source, generate_uid(), "9.9.9")
     assert seg.PatientBirthDate == "" and seg.AccessionNumber == "" and seg.PatientSex == ""
 
 
