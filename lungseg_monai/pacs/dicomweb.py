@@ -36,6 +36,7 @@ __all__ = [
     "InstanceRef",
     "RetrievedFiles",
     "StowResult",
+    "check_url",
     "retrieve_instances",
     "search_instances",
     "stow",
@@ -45,9 +46,11 @@ logger = logging.getLogger(__name__)
 
 # Seconds to open a connection, and to wait for each part of an answer (a big STOW or WADO may take long).
 CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 300.0
-# dicomweb-client retries 408, 429, 503 and 504 with exponential back-off (2 s, 4 s ...).
+READ_TIMEOUT_S = 120.0
+# dicomweb-client tries each request again after any error (connection refused, timeout) and after
+# HTTP 408, 429, 503 and 504, waiting 2**n * RETRY_WAIT_MS between attempts (1 s, 2 s).
 MAX_ATTEMPTS = 3
+RETRY_WAIT_MS = 500
 # QIDO-RS results asked for per request; paging goes on until a page comes back empty.
 QIDO_PAGE_SIZE = 500
 # STOW-RS requests hold at most this many files / bytes.
@@ -152,7 +155,8 @@ def _session(session: requests.Session | None) -> requests.Session:
     return timed
 
 
-def _root(url: str) -> str:
+def check_url(url: str) -> str:
+    """``url`` without a trailing slash; ValueError unless it is http(s)://HOST[:PORT][/PATH]."""
     if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
         raise ValueError(
             f"DICOMweb URL {url!r} is not http(s)://HOST[:PORT]/PATH; give the server's DICOMweb root, "
@@ -162,8 +166,8 @@ def _root(url: str) -> str:
 
 
 def _client(url: str, session: requests.Session | None) -> DICOMwebClient:
-    client = DICOMwebClient(_root(url), session=_session(session))
-    client.set_http_retry_params(max_attempts=MAX_ATTEMPTS)
+    client = DICOMwebClient(check_url(url), session=_session(session))
+    client.set_http_retry_params(max_attempts=MAX_ATTEMPTS, wait_exponential_multiplier=RETRY_WAIT_MS)
     return client
 
 
@@ -199,7 +203,8 @@ def _error(
     if isinstance(error, requests.Timeout):
         return DicomwebError(
             f"the DICOMweb server at '{url}' did not answer {action} within {READ_TIMEOUT_S:.0f} s "
-            f"(connection {CONNECT_TIMEOUT_S:.0f} s); check that it is running and not overloaded",
+            f"(connection {CONNECT_TIMEOUT_S:.0f} s; {MAX_ATTEMPTS} attempts); check that it is running and not "
+            "overloaded",
             url,
             reason=type(error).__name__,
         )
@@ -208,7 +213,7 @@ def _error(
         cause = _OS_ERROR.search(str(error))
         reason = cause.group(0) if cause else type(error).__name__
         return DicomwebError(
-            f"cannot reach the DICOMweb server at '{url}' to {action} ({reason}); "
+            f"cannot reach the DICOMweb server at '{url}' to {action} ({reason}; {MAX_ATTEMPTS} attempts); "
             "check the URL and that the server is running",
             url,
             reason=reason,
