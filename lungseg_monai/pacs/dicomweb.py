@@ -102,7 +102,7 @@ class InstanceRef:
     modality: str = ""
 
 
-class RetrievedFiles(list):  # list[Path]
+class RetrievedFiles(list[Path]):
     """The files :func:`retrieve_instances` wrote or kept, in the order asked for, plus what failed.
 
     Attributes:
@@ -371,8 +371,8 @@ def retrieve_instances(
 
     Example:
         >>> files = retrieve_instances("http://pacs:8042/dicom-web", refs, "cache")  # doctest: +SKIP
-        >>> files[0].relative_to("cache").parts[-1], files.failed
-        ('1.2.3.4.dcm', {})
+        >>> files[0], files.failed, files.cached
+        (PosixPath('cache/1.2.3/1.2.3.1/1.2.3.1.1.dcm'), {}, 0)
     """
     client = _client(url, session)
     folder = Path(folder)
@@ -406,16 +406,17 @@ def retrieve_instances(
     return out
 
 
-def _batches(items: Sequence[tuple[Path, pydicom.Dataset]]) -> Iterable[list[tuple[Path, pydicom.Dataset]]]:
-    """Split into STOW-RS requests of at most :data:`STOW_BATCH_FILES` files and :data:`STOW_BATCH_BYTES`."""
-    batch: list[tuple[Path, pydicom.Dataset]] = []
+def _batches(files: Mapping[str, Path]) -> Iterable[dict[str, Path]]:
+    """Split {SOP UID: file} into STOW-RS requests of at most :data:`STOW_BATCH_FILES` files and
+    :data:`STOW_BATCH_BYTES` (a larger file goes alone)."""
+    batch: dict[str, Path] = {}
     size = 0
-    for path, ds in items:
+    for sop, path in files.items():
         nbytes = path.stat().st_size
         if batch and (len(batch) == STOW_BATCH_FILES or size + nbytes > STOW_BATCH_BYTES):
             yield batch
-            batch, size = [], 0
-        batch.append((path, ds))
+            batch, size = {}, 0
+        batch[sop] = path
         size += nbytes
     if batch:
         yield batch
@@ -460,21 +461,19 @@ def stow(url: str, paths: Sequence[str | Path], session: requests.Session | None
     """
     client = _client(url, session)
     result = StowResult()
-    readable: dict[str, tuple[Path, pydicom.Dataset]] = {}
+    readable: dict[str, Path] = {}  # by SOP Instance UID: each instance sent once
     for raw in paths:
         path = Path(raw)
         try:
-            ds = pydicom.dcmread(path)
-            sop = str(ds.SOPInstanceUID)
+            sop = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         except Exception as e:  # noqa: BLE001 - pydicom raises many types for damaged files
             result.failed[path] = f"not a readable DICOM file ({type(e).__name__}: {e})"
             continue
-        readable.setdefault(sop, (path, ds))
+        readable.setdefault(sop, path)
     refusals: list[str] = []
-    for batch in _batches(list(readable.values())):
-        by_uid = {str(ds.SOPInstanceUID): path for path, ds in batch}
+    for by_uid in _batches(readable):  # read one request's files at a time
         try:
-            answer = client.store_instances([ds for _, ds in batch])
+            answer = client.store_instances([pydicom.dcmread(path) for path in by_uid.values()])
         except requests.HTTPError as e:
             answer = _refused_answer(e)
             if answer is None or "FailedSOPSequence" not in answer:
