@@ -1,9 +1,19 @@
-"""``lungseg infer``: segment the lungs on radiograph files, folders and DICOM studies."""
+"""``lungseg infer``: segment the lungs on radiograph files, folders, DICOM studies and a PACS (DICOMweb).
+
+With ``--dicomweb URL`` the instances a QIDO-RS query selects (``--study``, ``--series``,
+``--modality``, ``--date``, ``--query``) are retrieved to ``OUT_DIR/dicomweb/STUDY/SERIES/SOP.dcm``
+(kept there as a cache) and segmented like local files, beside any local INPUT. With
+``--stow-to URL`` the DICOM results of this run's DICOM inputs are stored on that server (STOW-RS).
+The DICOMweb client (:mod:`lungseg_monai.pacs.dicomweb`) is imported only when asked for.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -20,6 +30,8 @@ from lungseg_monai.inference.options import (
 )
 
 if TYPE_CHECKING:
+    from lungseg_monai.inference.discovery import SkippedInput
+    from lungseg_monai.inference.runner import InferenceSummary
     from lungseg_monai.inference.transforms import CleanLungMask
 
 __all__ = ["add_parser", "run"]
@@ -30,7 +42,15 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 # --fail-on: some mask's quality verdict is as bad as asked for (2 is argparse's usage error).
 EXIT_QC = 3
+# --stow-to: some DICOM result could not be stored on the DICOMweb server (they are all on disk).
+EXIT_STOW = 4
 FAIL_ON_CHOICES = ("review", "reject")
+# Where --dicomweb puts the instances it retrieves, inside OUT_DIR (a cache: reruns do not fetch them again).
+DICOMWEB_CACHE = "dicomweb"
+# Result folders whose NAME.dcm files --stow-to sends (dicomsr and dicomsc when those formats exist).
+STOW_FOLDERS = ("dicomseg", "dicomsr", "dicomsc")
+_DATE = re.compile(r"^(\d{8})?(-)?(\d{8})?$")
+_MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -47,10 +67,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "SOPInstanceUID for DICOM, else the file name. Images too small, blank or elongated to be a radiograph "
             "are rejected, DICOMs whose header names another body part or modality skipped; each is listed with "
             "its reason. Every mask gets a quality verdict (pass, review, reject) in measurements.csv and the "
-            "summary. Exit code 1 if any file failed, 3 with --fail-on when a verdict is that bad."
+            "summary. With --dicomweb, the instances a query selects are retrieved from a PACS into "
+            f"OUT_DIR/{DICOMWEB_CACHE}/ and segmented too; --stow-to stores the DICOM results on a PACS. Exit code 1 "
+            "if any file failed (or could not be retrieved), 3 with --fail-on when a verdict is that bad, 4 when a "
+            "result could not be stored with --stow-to."
         ),
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="file, folder or DICOM study folder")
+    parser.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="file, folder or DICOM study folder (optional with --dicomweb)"
+    )
     parser.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR", help="where outputs go")
     parser.add_argument(
         "--model", required=True, help="the bundle's models/model.pt (model.json beside it) or an exported model.ts"
@@ -117,6 +142,36 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         ),
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pacs = parser.add_argument_group(
+        "PACS (DICOMweb)",
+        "URL is the server's DICOMweb root, e.g. http://pacs:8042/dicom-web. --dicomweb needs at least one of "
+        "--study, --series, --modality, --date and --query (it never pulls a whole PACS); they combine (AND).",
+    )
+    pacs.add_argument(
+        "--dicomweb",
+        metavar="URL",
+        help=f"also segment the instances a QIDO-RS query on this server selects (retrieved to OUT_DIR/"
+        f"{DICOMWEB_CACHE}/, kept for reruns)",
+    )
+    pacs.add_argument("--study", metavar="UID", help="StudyInstanceUID to pull")
+    pacs.add_argument("--series", metavar="UID", help="SeriesInstanceUID to pull")
+    pacs.add_argument("--modality", metavar="LIST", help="modalities to pull, e.g. CR,DX")
+    pacs.add_argument(
+        "--date", metavar="FROM-TO", help="study dates to pull: YYYYMMDD, YYYYMMDD-YYYYMMDD, YYYYMMDD- or -YYYYMMDD"
+    )
+    pacs.add_argument(
+        "--query",
+        action="append",
+        default=[],
+        metavar="KEYWORD=VALUE",
+        help="another QIDO-RS matching key, e.g. AccessionNumber=A123 or BodyPartExamined=CHEST (repeatable)",
+    )
+    pacs.add_argument(
+        "--stow-to",
+        metavar="URL",
+        help="store the DICOM results (SEG; SR, SC when written) of this run's DICOM inputs on this server with "
+        "STOW-RS (needs dicomseg in --formats); one it already holds is not duplicated",
+    )
     parser.set_defaults(func=run, without_training_modules=True)
     return parser
 
@@ -133,24 +188,188 @@ def _postprocess(args: argparse.Namespace) -> CleanLungMask | None:
     )
 
 
+def _study_dates(text: str) -> str:
+    """``--date`` -> a QIDO-RS StudyDate range; ValueError saying the accepted forms."""
+    match = _DATE.match(text.strip())
+    first, dash, last = match.groups() if match else (None, None, None)
+    if not match or not (first or last) or (first and last and not dash):
+        raise ValueError(
+            f"--date {text!r} is not a date or range; use YYYYMMDD, YYYYMMDD-YYYYMMDD, YYYYMMDD- or -YYYYMMDD"
+        )
+    for day in filter(None, (first, last)):
+        try:
+            datetime.datetime.strptime(day, "%Y%m%d")
+        except ValueError:
+            raise ValueError(f"--date {text!r}: {day} is not a calendar date (YYYYMMDD)") from None
+    if first and last and first > last:
+        raise ValueError(f"--date {text!r} ends before it starts; give FROM-TO with FROM first")
+    return text.strip()
+
+
+def _pacs_query(args: argparse.Namespace) -> list[dict[str, str]]:
+    """The QIDO-RS filters ``--modality``, ``--date`` and ``--query`` ask for: one dict per modality.
+
+    Raises:
+        ValueError: a malformed value, or a key given twice.
+    """
+    filters: dict[str, str] = {}
+    for item in args.query:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"--query {item!r} is not KEYWORD=VALUE (e.g. AccessionNumber=A123)")
+        if key.strip() in filters:
+            raise ValueError(f"--query gives {key.strip()} twice; give each key once")
+        filters[key.strip()] = value.strip()
+    for key, flag in (("Modality", "--modality"), ("StudyDate", "--date")):
+        if key in filters and getattr(args, flag[2:]):
+            raise ValueError(f"{key} is given by both {flag} and --query; give it once")
+    if args.date:
+        filters["StudyDate"] = _study_dates(args.date)
+    if not args.modality:
+        return [filters]
+    modalities = [m.strip().upper() for m in args.modality.split(",") if m.strip()]
+    bad = [m for m in modalities if not _MODALITY.match(m)]
+    if bad or not modalities:
+        raise ValueError(f"--modality {args.modality!r} is not a list of DICOM modalities (e.g. CR,DX)")
+    # One search per modality: servers differ on multi-valued matching.
+    return [filters | {"Modality": m} for m in dict.fromkeys(modalities)]
+
+
+def _check_sources(args: argparse.Namespace, formats: tuple[str, ...]) -> None:
+    """ValueError when the inputs and PACS options do not make a run."""
+    selectors = [f"--{n}" for n in ("study", "series", "modality", "date", "query") if getattr(args, n)]
+    if selectors and not args.dicomweb:
+        raise ValueError(f"{', '.join(selectors)} select(s) instances on a PACS: give the server with --dicomweb URL")
+    if not args.inputs and not args.dicomweb:
+        raise ValueError("nothing to segment: give INPUT files or folders, or --dicomweb URL with --study UID")
+    if args.dicomweb and not selectors:
+        raise ValueError(
+            f"--dicomweb {args.dicomweb} without --study, --series, --modality, --date or --query would pull the "
+            "whole PACS; say which instances to segment"
+        )
+    if args.stow_to and "dicomseg" not in formats:
+        raise ValueError(f"--stow-to stores DICOM SEGs: add dicomseg to --formats (got {','.join(formats)})")
+    if args.dicomweb or args.stow_to:
+        from lungseg_monai.pacs.dicomweb import check_url
+
+        for flag, url in (("--dicomweb", args.dicomweb), ("--stow-to", args.stow_to)):
+            if url:
+                try:
+                    check_url(url)
+                except ValueError as e:
+                    raise ValueError(f"{flag}: {e}") from None
+
+
+def _pull(args: argparse.Namespace, queries: list[dict[str, str]]) -> tuple[list[Path], list[SkippedInput]]:
+    """Search and retrieve what ``--dicomweb`` selects: (files, instances that could not be retrieved).
+
+    Raises:
+        DicomwebError: the server cannot be reached or refuses the search.
+    """
+    from lungseg_monai.inference.discovery import SkippedInput
+    from lungseg_monai.io import NON_IMAGE_MODALITIES
+    from lungseg_monai.pacs.dicomweb import retrieve_instances, search_instances
+
+    found = {}
+    for filters in queries:
+        for ref in search_instances(args.dicomweb, study=args.study, series=args.series, filters=filters):
+            found.setdefault(ref.sop_uid, ref)
+    # Reports, SEGs (ours from earlier runs too) and other objects without an image are not fetched.
+    refs = [r for r in found.values() if r.modality.upper() not in NON_IMAGE_MODALITIES]
+    logger.info(
+        "DICOMweb '%s': %d instance(s) match, %d of them without an image (not retrieved)",
+        args.dicomweb,
+        len(found),
+        len(found) - len(refs),
+    )
+    cache = Path(args.output_dir) / DICOMWEB_CACHE
+    files = retrieve_instances(args.dicomweb, refs, cache)
+    # Reported under the path the instance would have had in the cache; the reason names the server.
+    failed = [
+        SkippedInput(cache / ref.study_uid / ref.series_uid / f"{ref.sop_uid}.dcm", reason)
+        for ref, reason in files.failed.items()
+    ]
+    return list(files), failed
+
+
+def _results_to_store(summary: InferenceSummary, write_rejected: bool) -> list[Path]:
+    """This run's DICOM results on disk: NAME.dcm in :data:`STOW_FOLDERS` for each DICOM input segmented or
+    kept; not the SEG of a mask quality control rejected in this run (unless ``write_rejected``: an
+    earlier run's SEG may still be there)."""
+    from lungseg_monai.qc.quality import QC_REJECT
+
+    paths = []
+    for item in [*summary.segmented, *summary.up_to_date]:
+        if not item.is_dicom:
+            continue
+        verdict = summary.qc.get(item.name)
+        for folder in STOW_FOLDERS:
+            if folder == "dicomseg" and verdict is not None and verdict.status == QC_REJECT and not write_rejected:
+                continue
+            path = summary.output_dir / folder / f"{item.name}.dcm"
+            if path.is_file():
+                paths.append(path)
+    return paths
+
+
+def _push(url: str, summary: InferenceSummary, write_rejected: bool) -> bool:
+    """STOW-RS this run's DICOM results to ``url``; False (reasons logged) when any was not stored."""
+    from lungseg_monai.pacs.dicomweb import DicomwebError, stow
+
+    paths = _results_to_store(summary, write_rejected)
+    if not paths:
+        logger.warning("--stow-to: no DICOM results to store (no DICOM input has a SEG in this run)")
+        return True
+    try:
+        result = stow(url, paths)
+    except DicomwebError as e:
+        logger.error("--stow-to: none of %d DICOM result(s) stored: %s", len(paths), e)
+        return False
+    logger.info("--stow-to: %d DICOM result(s) stored on '%s', %d failed", len(result.stored), url, len(result.failed))
+    for path, reason in result.failed.items():
+        logger.error("--stow-to: '%s' not stored: %s", path, reason)
+    return result.ok
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``lungseg infer`` from parsed arguments; returns the exit code (1 if any file failed)."""
+    """Run ``lungseg infer`` from parsed arguments; returns the exit code (0, or EXIT_FAILED, EXIT_STOW, EXIT_QC)."""
     from lungseg_monai.io.checkpoint import CheckpointError
     from lungseg_monai.inference.runner import parse_formats, segment_files
 
     try:
         formats = parse_formats(args.formats)
         postprocess = _postprocess(args)
+        _check_sources(args, formats)
+        # Malformed --modality, --date, --query: refused before the model loads.
+        queries = _pacs_query(args) if args.dicomweb else []
     except ValueError as e:
         logger.error("%s", e)
         return EXIT_FAILED
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
-        # highdicom logs each attribute module it copies at INFO; keep the run's log readable.
+        # highdicom logs each attribute module it copies at INFO, dicomweb-client each request and retrying
+        # each failed attempt with its traceback; keep the run's log readable (the final error is logged).
         logging.getLogger("highdicom").setLevel(logging.WARNING)
+        logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
+        logging.getLogger("retrying").setLevel(logging.ERROR)
+    inputs, not_retrieved = list(args.inputs), []
+    if args.dicomweb:
+        from lungseg_monai.pacs.dicomweb import DicomwebError
+
+        try:
+            pulled, not_retrieved = _pull(args, queries)
+        except (DicomwebError, ValueError) as e:
+            logger.error("--dicomweb: %s", e)
+            return EXIT_FAILED
+        if not pulled and not inputs:
+            logger.error(
+                "--dicomweb: no image on '%s' to segment (%d could not be retrieved)", args.dicomweb, len(not_retrieved)
+            )
+            return EXIT_FAILED
+        inputs += pulled
     with logging_redirect_tqdm():
         try:
             summary = segment_files(
-                args.inputs,
+                inputs,
                 args.output_dir,
                 args.model,
                 formats=formats,
@@ -167,6 +386,7 @@ def run(args: argparse.Namespace) -> int:
         except (CheckpointError, ValueError) as e:
             logger.error("%s", e)
             return EXIT_FAILED
+    summary.failed += not_retrieved
     if summary.found_nothing:
         logger.error("no radiographs found in %s", ", ".join(f"'{p}'" for p in args.inputs))
         return EXIT_FAILED
@@ -177,8 +397,11 @@ def run(args: argparse.Namespace) -> int:
             logger.warning(line)
         else:
             logger.info(line)
+    stored = _push(args.stow_to, summary, args.write_rejected_seg) if args.stow_to else True
     if not summary.ok:
         return EXIT_FAILED
+    if not stored:
+        return EXIT_STOW
     flagged = summary.qc_failed(args.fail_on)
     if flagged:
         logger.error("%d mask(s) with a quality verdict of %s or worse (--fail-on)", len(flagged), args.fail_on)
