@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, DICOM_JPEG_SIIM, require_shared
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 NODE_AET = "LUNGSEG"
 PACS_AET = "ORTHANC"
@@ -22,14 +24,42 @@ def real_chest_files() -> list[Path]:
     return [DICOM_JPEG_SIIM, DICOM_J2K_MONO1, DICOM_FAKE_MONO1]
 
 
-def chest_instances(folder: Path, count: int, sources: Sequence[Path] | None = None) -> list[Path]:
-    """``count`` copies of the real chest DICOMs (real pixels) with new study, series and SOP instance UIDs."""
-    sources = list(sources or real_chest_files())
+def shrunk(ds: pydicom.Dataset, longest_side: int) -> pydicom.Dataset:
+    """The same film, its real pixels resized to ``longest_side`` and stored uncompressed (spacing scaled)."""
+    from PIL import Image
+
+    pixels = ds.pixel_array
+    scale = longest_side / max(pixels.shape)
+    size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
+    small = np.asarray(Image.fromarray(pixels.astype(np.float32)).resize(size, Image.BILINEAR))
+    small = np.clip(np.round(small), 0, np.iinfo(pixels.dtype).max).astype(pixels.dtype)
+    out = copy.deepcopy(ds)
+    out.Rows, out.Columns = small.shape
+    out.PixelData = small.tobytes()
+    out.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        if keyword in out and all(float(v) > 0 for v in out[keyword].value):
+            out[keyword].value = [f"{float(v) / scale:.6g}" for v in out[keyword].value]
+    out.is_little_endian, out.is_implicit_VR = True, False  # still honoured (deprecated) by pydicom 3
+    return out
+
+
+def chest_instances(
+    folder: Path, count: int, sources: Sequence[Path] | None = None, longest_side: int | None = None
+) -> list[Path]:
+    """``count`` copies of the real chest DICOMs with new study, series and SOP instance UIDs (ten per series).
+
+    ``longest_side``: copies of the real pixels resized to this size and stored uncompressed (many
+    instances quickly); default: the files' own pixel data as they are.
+    """
+    datasets = [pydicom.dcmread(p) for p in (sources or real_chest_files())]
+    if longest_side is not None:
+        datasets = [shrunk(ds, longest_side) for ds in datasets]
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     study, series = generate_uid(), generate_uid()
     for index in range(count):
-        ds = pydicom.dcmread(sources[index % len(sources)])
+        ds = datasets[index % len(datasets)]
         if index % 10 == 0:
             study, series = generate_uid(), generate_uid()
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
@@ -53,14 +83,17 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
 
 def c_store(port: int, paths: Sequence[Path], calling_aet: str = PACS_AET, called_aet: str = NODE_AET) -> list[int]:
     """Send ``paths`` to a node on 127.0.0.1 in one association, as a modality would; returns the statuses."""
-    from pynetdicom import AE, StoragePresentationContexts
+    from pynetdicom import AE
 
     ae = AE(ae_title=calling_aet)
-    ae.requested_contexts = StoragePresentationContexts
     datasets = [pydicom.dcmread(p) for p in paths]
-    for sop_class in {str(ds.SOPClassUID) for ds in datasets} - {c.abstract_syntax for c in ae.requested_contexts}:
-        ae.requested_contexts = ae.requested_contexts[:127]
-        ae.add_requested_context(sop_class)
+    syntaxes: dict[str, set[str]] = {}
+    for ds in datasets:
+        syntaxes.setdefault(str(ds.SOPClassUID), set()).add(str(ds.file_meta.TransferSyntaxUID))
+    for sop_class, stored in syntaxes.items():
+        # One context per transfer syntax, as a modality proposes them: the file goes as it is.
+        for syntax in sorted(stored):
+            ae.add_requested_context(sop_class, syntax)
     assoc = ae.associate("127.0.0.1", port, ae_title=called_aet)
     if not assoc.is_established:
         raise ConnectionError(f"association with {called_aet} on port {port} not established")
