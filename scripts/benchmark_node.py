@@ -7,6 +7,8 @@ instances / (last delivery - first reception). Needs Orthanc with DICOMweb (Debi
 orthanc-dicomweb) and ../shared/data/dicom.
 
     python scripts/benchmark_node.py --model MODEL.pt [--count 200] [--associations 4] [--batch-size 8]
+    # latency of one film at a time, below capacity: one association per instance, every 2 s
+    python scripts/benchmark_node.py --model MODEL.pt --count 20 --interval 2
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))  # the tests' Orthanc and DICOM helpers
 
 from orthanc import running_orthanc  # noqa: E402
-from pacs_tools import PACS_AET, c_store_concurrently, chest_instances, running_node, wait_for  # noqa: E402
+from pacs_tools import PACS_AET, c_store, c_store_concurrently, chest_instances, running_node, wait_for  # noqa: E402
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -38,6 +40,9 @@ def main() -> None:
     parser.add_argument("--associations", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument(
+        "--interval", type=float, default=None, help="send one instance every INTERVAL seconds instead of all at once"
+    )
     args = parser.parse_args()
 
     import torch
@@ -59,7 +64,13 @@ def main() -> None:
             ) as node:
                 orthanc.add_modality("lungseg", "LUNGSEG", node.port)
                 started = time.perf_counter()
-                statuses = c_store_concurrently(node.port, sources, args.associations)
+                if args.interval is None:
+                    statuses = c_store_concurrently(node.port, sources, args.associations)
+                else:
+                    statuses = []
+                    for source in sources:
+                        statuses += c_store(node.port, [source])
+                        time.sleep(args.interval)
                 received_s = time.perf_counter() - started
                 wait_for(lambda: node.status()["sent"] >= args.count, 3600, "delivery of every result")
                 events = node.spool.events()
@@ -72,7 +83,8 @@ def main() -> None:
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; host: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads; model {segmenter.identity} at {segmenter.card['image_size']} px, "
           f"precision {segmenter.precision.name}")
-    print(f"{args.count} instances over {args.associations} associations, batch {args.batch_size}: "
+    mode = f"one every {args.interval} s" if args.interval is not None else f"over {args.associations} associations"
+    print(f"{args.count} instances {mode}, batch {args.batch_size}: "
           f"C-STORE statuses ok {statuses.count(0)}/{len(statuses)}, all received in {received_s:.1f} s")
     print(f"delivered {len(sent)}; SEGs in Orthanc {seg_count}; failed {status['failed']}; "
           f"throughput {len(sent) / span:.2f} instances/s")
