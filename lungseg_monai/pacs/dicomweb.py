@@ -38,6 +38,7 @@ __all__ = [
     "StowResult",
     "check_url",
     "retrieve_instances",
+    "retrieve_series_metadata",
     "search_instances",
     "stow",
 ]
@@ -308,6 +309,55 @@ def search_instances(
         )
     logger.debug("QIDO-RS on '%s': %d instance(s)", client.base_url, len(found))
     return [r for r in found.values() if r.study_uid and r.series_uid]
+
+
+def _no_bulk_data(tag: str, vr: str, uri: str) -> bytes:
+    """Bulk data (pixel data, large binary values) stays on the server: present, but empty here."""
+    return b""
+
+
+def retrieve_series_metadata(
+    url: str, study: str, series: str, session: requests.Session | None = None
+) -> list[pydicom.Dataset]:
+    """The headers of a series' instances (WADO-RS metadata), without fetching any pixel data.
+
+    Bulk data (Pixel Data ...) is left on the server: a value the server gives as a BulkDataURI
+    becomes an empty value. Some servers (Orthanc 1.10) leave Pixel Data out of the metadata
+    altogether; a header with Rows and Columns is an image, so it gets an empty Pixel Data too, and
+    ``"PixelData" in ds`` tells images from objects without pixels either way.
+
+    Args:
+        url: the DICOMweb root.
+        study: StudyInstanceUID.
+        series: SeriesInstanceUID.
+        session: see :func:`search_instances`.
+
+    Returns:
+        One header per instance, in the server's order.
+
+    Raises:
+        ValueError: a malformed UID.
+        DicomwebError: the server cannot be reached or refuses the request (404: no such series).
+
+    Example:
+        >>> headers = retrieve_series_metadata("http://pacs:8042/dicom-web", "1.2.3", "1.2.3.1")  # doctest: +SKIP
+        >>> headers[0].Modality, "PixelData" in headers[0]
+        ('CR', True)
+    """
+    client = _client(url, session)
+    study, series = _check_uid(study, "study UID"), _check_uid(series, "series UID")
+    try:
+        items = client.retrieve_series_metadata(study, series)
+    except requests.RequestException as e:
+        not_found = "the series is not (or no longer) on the server; search again"
+        raise _error(client.base_url, f"a WADO-RS metadata request for series {series}", e, not_found) from e
+    headers = []
+    for item in items:
+        ds = pydicom.Dataset.from_json(item, bulk_data_uri_handler=_no_bulk_data)
+        if "PixelData" not in ds and "Rows" in ds and "Columns" in ds:
+            ds.PixelData = b""
+        headers.append(ds)
+    return headers
 
 
 def _cached(path: Path, ref: InstanceRef) -> bool:
