@@ -62,9 +62,8 @@ class LabelServer:
 
     def put_label(self, image_id: str, filename: str, content: bytes, tag: str | None = None) -> requests.Response:
         params = {"image": image_id, **({"tag": tag} if tag else {})}
-        return self.session.put(
-            f"{self.url}/datastore/label", params=params, files={"label": (filename, content)}, timeout=REQUEST_TIMEOUT_S
-        )
+        files = {"label": (filename, content)}
+        return self.session.put(f"{self.url}/datastore/label", params=params, files=files, timeout=REQUEST_TIMEOUT_S)
 
     def model_checksum(self) -> str:
         return self.get(f"/model/info/{MODEL_NAME}").json()["checksum"]

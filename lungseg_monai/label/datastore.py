@@ -41,7 +41,9 @@ def read_label(image_id: str, image_path: str | os.PathLike, label_filename: str
     try:
         image_shape = read_radiograph(image_path, polarity="header").shape
     except RadiographReadError as e:
-        raise BadRequestError(f"label for image '{image_id}' was not saved: its image cannot be read ({e.reason})") from e
+        raise BadRequestError(
+            f"label for image '{image_id}' was not saved: its image cannot be read ({e.reason})"
+        ) from e
     if mask.shape != image_shape:
         (mr, mc), (ir, ic) = mask.shape, image_shape
         raise BadRequestError(

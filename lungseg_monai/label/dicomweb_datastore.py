@@ -32,7 +32,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ from lungseg_monai.pacs.dicomweb import (
     InstanceRef,
     check_url,
     retrieve_instances,
-    retrieve_series_metadata,
+    retrieve_metadata,
     search_instances,
     stow,
 )
@@ -67,6 +67,7 @@ LISTING_MAX_AGE_S = 2.0
 # The series of a person's labels of one source series (derived, so all corrections of it share one).
 MANUAL_LABEL_KIND = "manual lung label"
 _FINAL = DefaultLabelTag.FINAL.value
+HTTP_NOT_FOUND = 404
 
 
 @dataclass(frozen=True)
@@ -176,12 +177,25 @@ class DicomwebDatastore(Datastore):
         logger.error("%s: %s", action, error)
         return PacsError(f"{action}: {error}")
 
-    def _headers(self, refs: Iterable[InstanceRef]) -> dict[str, pydicom.Dataset]:
-        """WADO-RS metadata of the series holding ``refs``, by SOP Instance UID."""
+    def _headers(self, refs: Sequence[InstanceRef]) -> dict[str, pydicom.Dataset]:
+        """WADO-RS metadata of ``refs``, by SOP Instance UID: a request per series, else per instance.
+
+        A series the server cannot give whole (Orthanc: 404 when two patients' studies share the
+        series UID) or whose answer lacks some of ``refs`` is asked for instance by instance.
+        """
         headers: dict[str, pydicom.Dataset] = {}
         for study, series in sorted({(r.study_uid, r.series_uid) for r in refs}):
-            for header in retrieve_series_metadata(self.url, study, series, self.session):
-                headers[str(header.get("SOPInstanceUID", ""))] = header
+            try:
+                found = retrieve_metadata(self.url, study, series, session=self.session)
+            except DicomwebError as e:
+                if e.status != HTTP_NOT_FOUND:
+                    raise
+                found = []
+            headers.update((str(h.get("SOPInstanceUID", "")), h) for h in found)
+        for ref in refs:
+            if ref.sop_uid not in headers:
+                for header in retrieve_metadata(self.url, ref.study_uid, ref.series_uid, ref.sop_uid, self.session):
+                    headers[ref.sop_uid] = header
         return headers
 
     def _refresh(self, force: bool = False) -> None:
@@ -337,7 +351,7 @@ class DicomwebDatastore(Datastore):
         return self._labels.get(image_id)
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
-        """The 0/1 PNG of the image's latest lung SEG (retrieved and read with highdicom on first use); "" without one."""
+        """The 0/1 PNG of the image's latest lung SEG (retrieved, read with highdicom on first use); "" without one."""
         label = self.seg_label(label_id) if label_tag == _FINAL else None
         if label is None:
             return ""
@@ -417,7 +431,9 @@ class DicomwebDatastore(Datastore):
         return image_id
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
-        raise BadRequestError(f"labels are not removed through MONAI Label; delete the SEG of '{label_id}' in the PACS")
+        raise BadRequestError(
+            f"labels are not removed through MONAI Label; delete the SEG of '{label_id}' in the PACS {self.url}"
+        )
 
     # --- Datastore: training and status ----------------------------------------------------------
 

@@ -110,4 +110,4 @@ def install_dicomweb_proxy(app: FastAPI) -> None:
     added = routes[before:]
     del routes[before:]
     routes[0:0] = added
-    logger.info("DICOMweb proxy: /proxy/dicom forwards the Accept header and query to '%s'", settings.MONAI_LABEL_STUDIES)
+    logger.info("/proxy/dicom forwards the Accept header and query string to '%s'", settings.MONAI_LABEL_STUDIES)

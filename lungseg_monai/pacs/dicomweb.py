@@ -38,7 +38,7 @@ __all__ = [
     "StowResult",
     "check_url",
     "retrieve_instances",
-    "retrieve_series_metadata",
+    "retrieve_metadata",
     "search_instances",
     "stow",
 ]
@@ -316,10 +316,10 @@ def _no_bulk_data(tag: str, vr: str, uri: str) -> bytes:
     return b""
 
 
-def retrieve_series_metadata(
-    url: str, study: str, series: str, session: requests.Session | None = None
+def retrieve_metadata(
+    url: str, study: str, series: str, sop: str | None = None, session: requests.Session | None = None
 ) -> list[pydicom.Dataset]:
-    """The headers of a series' instances (WADO-RS metadata), without fetching any pixel data.
+    """The headers of a series' instances, or of one instance (WADO-RS metadata), without any pixel data.
 
     Bulk data (Pixel Data ...) is left on the server: a value the server gives as a BulkDataURI
     becomes an empty value. Some servers (Orthanc 1.10) leave Pixel Data out of the metadata
@@ -330,6 +330,7 @@ def retrieve_series_metadata(
         url: the DICOMweb root.
         study: StudyInstanceUID.
         series: SeriesInstanceUID.
+        sop: SOPInstanceUID: that instance only (None: the whole series).
         session: see :func:`search_instances`.
 
     Returns:
@@ -337,20 +338,26 @@ def retrieve_series_metadata(
 
     Raises:
         ValueError: a malformed UID.
-        DicomwebError: the server cannot be reached or refuses the request (404: no such series).
+        DicomwebError: the server cannot be reached or refuses the request (404: no such series or
+            instance; Orthanc answers 404 for a series UID that two patients' studies share).
 
     Example:
-        >>> headers = retrieve_series_metadata("http://pacs:8042/dicom-web", "1.2.3", "1.2.3.1")  # doctest: +SKIP
+        >>> headers = retrieve_metadata("http://pacs:8042/dicom-web", "1.2.3", "1.2.3.1")  # doctest: +SKIP
         >>> headers[0].Modality, "PixelData" in headers[0]
         ('CR', True)
     """
     client = _client(url, session)
     study, series = _check_uid(study, "study UID"), _check_uid(series, "series UID")
+    what = f"series {series}" if sop is None else f"instance {_check_uid(sop, 'SOP Instance UID')}"
     try:
-        items = client.retrieve_series_metadata(study, series)
+        if sop is None:
+            items = client.retrieve_series_metadata(study, series)
+        else:
+            items = client.retrieve_instance_metadata(study, series, sop)
+            items = items if isinstance(items, list) else [items]
     except requests.RequestException as e:
-        not_found = "the series is not (or no longer) on the server; search again"
-        raise _error(client.base_url, f"a WADO-RS metadata request for series {series}", e, not_found) from e
+        not_found = f"the {what.split()[0]} is not (or no longer) on the server; search again"
+        raise _error(client.base_url, f"a WADO-RS metadata request for {what}", e, not_found) from e
     headers = []
     for item in items:
         ds = pydicom.Dataset.from_json(item, bulk_data_uri_handler=_no_bulk_data)

@@ -102,8 +102,9 @@ def _segs(pacs: Pacs) -> dict[str, pydicom.Dataset]:
 def _label_mask_synthetic(shape: tuple[int, int], shift: int = 0) -> np.ndarray:
     """Two lung-like ellipses of different sizes (synthetic, not symmetric): a flip or transpose would show."""
     rows, cols = np.ogrid[: shape[0], : shape[1]]
-    right = ((rows - shape[0] * 0.5) / (shape[0] * 0.3)) ** 2 + ((cols - shape[1] * 0.3 - shift) / (shape[1] * 0.12)) ** 2
-    left = ((rows - shape[0] * 0.45) / (shape[0] * 0.25)) ** 2 + ((cols - shape[1] * 0.7) / (shape[1] * 0.1)) ** 2
+    height, width = shape
+    right = ((rows - height * 0.5) / (height * 0.3)) ** 2 + ((cols - width * 0.3 - shift) / (width * 0.12)) ** 2
+    left = ((rows - height * 0.45) / (height * 0.25)) ** 2 + ((cols - width * 0.7) / (width * 0.1)) ** 2
     return ((right <= 1) | (left <= 1)).astype(np.uint8)
 
 
@@ -172,8 +173,8 @@ def test_saved_label_is_one_manual_seg_in_the_pacs_read_back_pixel_equal(server:
     assert seg.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"
     assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == image_id
     assert seg.StudyInstanceUID == _header(path).StudyInstanceUID
-    by_highdicom = hd.seg.Segmentation.from_dataset(seg).get_pixels_by_source_instance([image_id])[0, :, :, 0]
-    np.testing.assert_array_equal(by_highdicom, mask)
+    by_highdicom = hd.seg.Segmentation.from_dataset(seg, copy=False).get_pixels_by_source_instance([image_id])
+    np.testing.assert_array_equal(by_highdicom[0, :, :, 0], mask)
     seg_file = server.workdir / "seg_from_orthanc.dcm"
     seg.save_as(seg_file)
     np.testing.assert_array_equal(read_mask(seg_file).pixels, mask)  # lungseg's own reader
@@ -243,8 +244,8 @@ def test_two_saves_for_different_images_at_the_same_time_both_land(server: Label
         answers = list(pool.map(save, others))
     assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
     new = {sop: seg for sop, seg in _segs(pacs).items() if sop not in before}
-    referenced = {s.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID for s in new.values()}
-    assert referenced == {image_id for image_id, _ in others}
+    referenced = [s.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0] for s in new.values()]
+    assert {r.ReferencedSOPInstanceUID for r in referenced} == {image_id for image_id, _ in others}
     assert server.get("/datastore/").json()["completed"] == 3
 
 
