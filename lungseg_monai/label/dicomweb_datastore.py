@@ -44,7 +44,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from lungseg_monai.inference.discovery import classify_dicom
 from lungseg_monai.io import NON_IMAGE_MODALITIES
 from lungseg_monai.label.datastore import read_label
-from lungseg_monai.label.errors import BadRequestError, ImageNotFoundError, PacsError
+from lungseg_monai.label.errors import HTTP_NOT_FOUND, BadRequestError, ImageNotFoundError, PacsError
 from lungseg_monai.outputs import atomic_path, save_png
 from lungseg_monai.outputs.dicom_seg import lung_segment_number, make_lung_seg, read_lung_seg_mask
 from lungseg_monai.outputs.dicom_uids import derived_uid
@@ -67,7 +67,6 @@ LISTING_MAX_AGE_S = 2.0
 # The series of a person's labels of one source series (derived, so all corrections of it share one).
 MANUAL_LABEL_KIND = "manual lung label"
 _FINAL = DefaultLabelTag.FINAL.value
-HTTP_NOT_FOUND = 404
 
 
 @dataclass(frozen=True)

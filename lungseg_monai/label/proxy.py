@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from lungseg_monai.label.errors import HTTP_BAD_GATEWAY
 from lungseg_monai.pacs.dicomweb import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 
 __all__ = ["FORWARDED_HEADERS", "dicomweb_proxy_router", "install_dicomweb_proxy"]
@@ -32,7 +33,6 @@ FORWARDED_HEADERS = ("accept", "content-type")
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-encoding", "content-length", "te", "trailer", "upgrade"}
 )
-HTTP_BAD_GATEWAY = 502
 
 
 def _target(op: str, path: str) -> str:
