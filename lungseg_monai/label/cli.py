@@ -1,4 +1,8 @@
-"""``lungseg label``: start the MONAI Label server with the lung model on a folder of radiographs.
+"""``lungseg label``: start the MONAI Label server with the lung model on a folder of radiographs or a PACS.
+
+``--studies`` is a folder, or the DICOMweb root of a PACS (``http://127.0.0.1:8042/dicom-web``):
+the chest radiographs are then listed and retrieved with DICOMweb and saved labels stored back as
+DICOM SEG (see :mod:`lungseg_monai.label.dicomweb_datastore`).
 
 It runs ``monailabel start_server`` in this process with the app in :mod:`lungseg_monai.label`.
 MONAI Label writes its own files (logs, a copy of the app's ``main.py``) to ``<workdir>/app``
@@ -29,19 +33,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "label",
         help="serve the lung model to MONAI Label clients (3D Slicer) for labelling and retraining",
         description=(
-            "Start a MONAI Label server on a folder of chest radiographs (PNG, JPEG, DICOM...): /infer proposes "
-            "lung masks, PUT /datastore/label saves corrected ones, POST /train fine-tunes the model on them. "
-            "Works offline. Connect 3D Slicer's MONAI Label module to http://HOST:PORT."
+            "Start a MONAI Label server on a folder of chest radiographs (PNG, JPEG, DICOM...) or on a PACS "
+            "(DICOMweb): /infer proposes lung masks, PUT /datastore/label saves corrected ones (to the PACS as "
+            "DICOM SEG), POST /train fine-tunes the model on them. Works offline. Connect 3D Slicer's MONAI Label "
+            "module to http://HOST:PORT."
         ),
     )
-    parser.add_argument("--studies", required=True, type=Path, help="folder of images (labels go to STUDIES/labels)")
+    parser.add_argument(
+        "--studies",
+        required=True,
+        help="folder of images (labels go to STUDIES/labels), or a PACS's DICOMweb root, e.g. "
+        "http://127.0.0.1:8042/dicom-web (labels go to the PACS as DICOM SEG)",
+    )
     parser.add_argument("--model", required=True, type=Path, help="models/model.pt written by the bundle's training")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}; 0.0.0.0 for all)"
     )
     parser.add_argument(
-        "--workdir", type=Path, default=None, help="fine-tuned models, runs and logs (default STUDIES/.lungseg_label)"
+        "--workdir",
+        type=Path,
+        default=None,
+        help="fine-tuned models, runs, logs and the PACS cache (default STUDIES/.lungseg_label, or ./.lungseg_label "
+        "for a PACS)",
     )
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: CUDA if available)")
     parser.add_argument(
@@ -80,18 +94,32 @@ def start_server_args(args: argparse.Namespace, app_dir: Path, workdir: Path) ->
 def run(args: argparse.Namespace) -> int:
     """Check the arguments, prepare ``<workdir>/app`` and serve until interrupted."""
     from lungseg_monai.label import APP_DIR
-    from lungseg_monai.label.server import DEFAULT_WORKDIR_NAME
+    from lungseg_monai.label.server import DEFAULT_WORKDIR_NAME, is_dicomweb_url
+    from lungseg_monai.pacs.dicomweb import check_url
 
-    if not args.studies.is_dir():
-        logger.error("studies folder '%s' does not exist; pass a folder of chest radiographs", args.studies)
+    if is_dicomweb_url(args.studies):
+        try:
+            args.studies = check_url(args.studies)
+        except ValueError as e:
+            logger.error("--studies: %s", e)
+            return EXIT_BAD_ARGS
+        default_workdir = Path.cwd() / DEFAULT_WORKDIR_NAME
+    elif not Path(args.studies).is_dir():
+        logger.error(
+            "studies folder '%s' does not exist; pass a folder of chest radiographs or a PACS's DICOMweb root "
+            "(http://HOST:PORT/dicom-web)",
+            args.studies,
+        )
         return EXIT_BAD_ARGS
+    else:
+        default_workdir = Path(args.studies) / DEFAULT_WORKDIR_NAME
     if not args.model.is_file():
         logger.error("model '%s' does not exist; pass the models/model.pt written by the bundle's training", args.model)
         return EXIT_BAD_ARGS
     if args.train_config is not None and not args.train_config.is_file():
         logger.error("training config '%s' does not exist; pass a bundle's configs/train.json", args.train_config)
         return EXIT_BAD_ARGS
-    workdir = (args.workdir or args.studies / DEFAULT_WORKDIR_NAME).resolve()
+    workdir = (args.workdir or default_workdir).resolve()
     app_dir = workdir / "app"
     app_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(APP_DIR / "main.py", app_dir / "main.py")

@@ -14,16 +14,43 @@ import logging
 import os
 from typing import Any
 
+import numpy as np
 from monailabel.datastore.local import LocalDatastore
 
 from lungseg_monai.io import SUPPORTED_SUFFIXES, RadiographReadError, is_dicom_file, read_mask, read_radiograph
 from lungseg_monai.label.errors import BadRequestError, ImageNotFoundError
 
-__all__ = ["RadiographDatastore", "IMAGE_PATTERNS"]
+__all__ = ["RadiographDatastore", "IMAGE_PATTERNS", "read_label"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_PATTERNS = tuple(dict.fromkeys(f"*{s}" for suffix in SUPPORTED_SUFFIXES for s in (suffix, suffix.upper())))
+
+
+def read_label(image_id: str, image_path: str | os.PathLike, label_filename: str | os.PathLike) -> np.ndarray:
+    """A saved label's (rows, columns) 0/1 mask (any non-zero pixel is lung), checked against its image.
+
+    Raises:
+        BadRequestError: the label is not a readable image, its image cannot be read, or their sizes
+            differ (the message gives both as width x height).
+    """
+    try:
+        mask = read_mask(label_filename)
+    except RadiographReadError as e:
+        raise BadRequestError(f"label for image '{image_id}' was not saved: {e.reason}") from e
+    try:
+        image_shape = read_radiograph(image_path, polarity="header").shape
+    except RadiographReadError as e:
+        raise BadRequestError(
+            f"label for image '{image_id}' was not saved: its image cannot be read ({e.reason})"
+        ) from e
+    if mask.shape != image_shape:
+        (mr, mc), (ir, ic) = mask.shape, image_shape
+        raise BadRequestError(
+            f"label for image '{image_id}' is {mc}x{mr} pixels but the image is {ic}x{ir}; "
+            "a label must have exactly its image's size (width x height)"
+        )
+    return mask.pixels
 
 
 class RadiographDatastore(LocalDatastore):
@@ -79,20 +106,5 @@ class RadiographDatastore(LocalDatastore):
         image_path = self.get_image_uri(image_id)
         if not image_path:
             raise ImageNotFoundError(image_id)
-        try:
-            mask = read_mask(label_filename)
-        except RadiographReadError as e:
-            raise BadRequestError(f"label for image '{image_id}' was not saved: {e.reason}") from e
-        try:
-            image_shape = read_radiograph(image_path, polarity="header").shape
-        except RadiographReadError as e:
-            raise BadRequestError(
-                f"label for image '{image_id}' was not saved: its image cannot be read ({e.reason})"
-            ) from e
-        if mask.shape != image_shape:
-            (mr, mc), (ir, ic) = mask.shape, image_shape
-            raise BadRequestError(
-                f"label for image '{image_id}' is {mc}x{mr} pixels but the image is {ic}x{ir}; "
-                "a label must have exactly its image's size (width x height)"
-            )
+        read_label(image_id, image_path, label_filename)
         return super().save_label(image_id, label_filename, label_tag, label_info)

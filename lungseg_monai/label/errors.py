@@ -1,4 +1,4 @@
-"""Errors of the MONAI Label app that reach the client as a 4xx answer with a message.
+"""Errors of the MONAI Label app that reach the client as a 4xx (or 502) answer with a message.
 
 They are ``fastapi.HTTPException`` (so MONAI Label's endpoints answer with their status code and
 detail instead of a 500) and ``ValueError`` (so code outside the server handles them as usual).
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from fastapi import HTTPException
 
-__all__ = ["LabelRequestError", "BadRequestError", "ImageNotFoundError"]
+__all__ = ["LabelRequestError", "BadRequestError", "ImageNotFoundError", "PacsError"]
 
 HTTP_BAD_REQUEST = 400
 HTTP_NOT_FOUND = 404
+HTTP_BAD_GATEWAY = 502
 
 
 class LabelRequestError(HTTPException, ValueError):
@@ -41,3 +42,13 @@ class ImageNotFoundError(LabelRequestError):
             "(a file's id is its name without the extension)",
         )
         self.image_id = image_id
+
+
+class PacsError(LabelRequestError):
+    """The PACS behind a DICOMweb datastore cannot be reached or refused a request: 502 Bad Gateway.
+
+    ``detail`` says what was asked of which server and why it failed; the app itself keeps serving.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(HTTP_BAD_GATEWAY, detail)

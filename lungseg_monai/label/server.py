@@ -1,9 +1,18 @@
-"""The MONAI Label app: a ``MONAILabelApp`` serving the lung model on a local folder of radiographs.
+"""The MONAI Label app: a ``MONAILabelApp`` serving the lung model on a folder of radiographs or a PACS.
+
+``studies`` is a local folder (:class:`~lungseg_monai.label.datastore.RadiographDatastore`) or a
+DICOMweb root URL, ``http(s)://HOST:PORT/dicom-web``
+(:class:`~lungseg_monai.label.dicomweb_datastore.DicomwebDatastore`: chest radiographs listed with
+QIDO-RS, labels stored as DICOM SEG with STOW-RS). MONAI Label's own DICOMweb datastore is not used:
+it converts images to NIfTI, writes SEGs with dcmqi and downloads dcmqi at start-up. With a URL the
+server's ``/proxy/dicom/`` forwards the viewer's Accept header (:mod:`lungseg_monai.label.proxy`).
 
 Configuration (``--conf KEY VALUE`` of ``monailabel start_server``; ``lungseg label`` sets them):
 
 - ``model`` (required): the initial ``models/model.pt`` (its ``model.json`` beside it).
-- ``workdir``: where fine-tuned models, training runs and stats go; default ``<studies>/.lungseg_label``.
+- ``workdir``: where fine-tuned models, training runs and stats go (and, for a PACS, the DICOMweb
+  cache in ``<workdir>/dicomweb_cache``); default ``<studies>/.lungseg_label``, or
+  ``./.lungseg_label`` for a PACS.
 - ``device``: torch device for inference and training; default CUDA when available, else CPU.
 - ``precision``: ``auto`` (default: bf16 on CPUs with bf16 instructions, fp16 AMP on CUDA, else
   fp32), ``fp32``, ``bf16`` or ``fp16``, for inference and fine-tuning.
@@ -32,16 +41,25 @@ from lungseg_monai.inference import read_model_card, resolve_precision
 from lungseg_monai.inference.options import DEFAULT_PRECISION
 from lungseg_monai.label import MODEL_NAME
 from lungseg_monai.label.datastore import RadiographDatastore
+from lungseg_monai.label.dicomweb_datastore import DicomwebDatastore
 from lungseg_monai.label.errors import ImageNotFoundError
 from lungseg_monai.label.infer import LungSegInferTask
 from lungseg_monai.label.models import ModelStore, ReloadingSegmenter
 from lungseg_monai.label.train import LungSegTrainTask, find_train_config
+from lungseg_monai.pacs.dicomweb import check_url
 
-__all__ = ["LungSegLabelApp", "DEFAULT_WORKDIR_NAME"]
+__all__ = ["LungSegLabelApp", "DEFAULT_WORKDIR_NAME", "DICOMWEB_CACHE_NAME", "is_dicomweb_url"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORKDIR_NAME = ".lungseg_label"
+# The DICOMweb datastore's cache, inside the workdir.
+DICOMWEB_CACHE_NAME = "dicomweb_cache"
+
+
+def is_dicomweb_url(studies: str) -> bool:
+    """True when ``studies`` is a DICOMweb root URL rather than a folder."""
+    return str(studies).startswith(("http://", "https://"))
 
 
 class LungSegLabelApp(MONAILabelApp):
@@ -49,12 +67,13 @@ class LungSegLabelApp(MONAILabelApp):
 
     Args:
         app_dir: the app folder (holds ``main.py``; MONAI Label keeps its logs there).
-        studies: the folder of images (PNG, JPEG, TIFF, BMP, DICOM, 2D NIfTI/NRRD/MetaImage).
+        studies: the folder of images (PNG, JPEG, TIFF, BMP, DICOM, 2D NIfTI/NRRD/MetaImage), or
+            the DICOMweb root URL of a PACS.
         conf: ``model`` (required), ``workdir``, ``device``, ``precision``, ``train_config`` (see the
             module doc).
 
     Raises:
-        ValueError: ``model`` missing from ``conf`` or ``studies`` is a URL.
+        ValueError: ``model`` missing from ``conf``, or a malformed URL.
         FileNotFoundError: the model file does not exist.
         CheckpointError: the model has no model card (``model.json``) to say how to use it.
     """
@@ -63,9 +82,12 @@ class LungSegLabelApp(MONAILabelApp):
         conf = dict(conf or {})
         if not conf.get("model"):
             raise ValueError("no model given: start the server with --conf model <path to models/model.pt>")
-        if studies.startswith(("http://", "https://")):
-            raise ValueError(f"studies must be a local folder of images, got the URL '{studies}'")
-        workdir = Path(conf.get("workdir") or Path(studies) / DEFAULT_WORKDIR_NAME)
+        if is_dicomweb_url(studies):
+            studies = check_url(studies)
+            default_workdir = Path.cwd() / DEFAULT_WORKDIR_NAME
+        else:
+            default_workdir = Path(studies) / DEFAULT_WORKDIR_NAME
+        workdir = Path(conf.get("workdir") or default_workdir)
         device = conf.get("device") or None
         precision = conf.get("precision") or DEFAULT_PRECISION
         resolve_precision(precision, device)  # an unknown name fails at start, not at the first request
@@ -75,6 +97,7 @@ class LungSegLabelApp(MONAILabelApp):
         self.train_config = find_train_config(conf.get("train_config"), self.store.initial)
         self.device = device
         self.precision = precision
+        self.workdir = workdir
         logger.info(
             "lung model: serving '%s' (initial '%s'); fine-tuned models go to '%s'; training config '%s'",
             self.store.current(),
@@ -94,6 +117,8 @@ class LungSegLabelApp(MONAILabelApp):
     def init_datastore(self) -> Datastore:
         from monailabel.config import settings
 
+        if is_dicomweb_url(self.studies):  # not MONAILabelApp's: it would download dcmqi
+            return DicomwebDatastore(self.studies, self.workdir / DICOMWEB_CACHE_NAME)
         return RadiographDatastore(
             self.studies,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
@@ -120,3 +145,18 @@ class LungSegLabelApp(MONAILabelApp):
         if isinstance(image, str) and image and not Path(image).exists() and not datastore.get_image_uri(image):
             raise ImageNotFoundError(image)
         return super().infer(request, datastore)
+
+    def on_init_complete(self) -> None:
+        """Started as a server: with a PACS, serve the DICOMweb proxy that forwards the Accept header."""
+        super().on_init_complete()
+        if is_dicomweb_url(self.studies):
+            from monailabel.app import app
+
+            from lungseg_monai.label.proxy import install_dicomweb_proxy
+
+            install_dicomweb_proxy(app)
+
+    def on_save_label(self, image_id: str, label_id: str) -> dict[str, Any]:
+        """The answer to ``PUT /datastore/label`` also gives the stored label's info (for a PACS: its SEG's UIDs)."""
+        super().on_save_label(image_id, label_id)
+        return {"label_info": self.datastore().get_label_info(label_id, "final")}

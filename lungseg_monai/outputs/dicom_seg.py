@@ -15,7 +15,13 @@ plane position, orientation and pixel measures. A Frame of Reference UID alone i
 
 Algorithm identification: the segment's algorithm version is the model's identity (name and hash
 of its weights, :attr:`lungseg_monai.inference.LungSegmenter.identity`), so SEGs of two models can
-be told apart; Software Versions is the lungseg_monai version that wrote the file.
+be told apart; Software Versions is the lungseg_monai version that wrote the file. A mask drawn or
+corrected by a person (a label saved from MONAI Label) is a MANUAL segment instead, without
+algorithm identification, in its own series ("Lung label (manual)").
+
+Reading back: :func:`lung_segment_number` finds the lung segment of any SEG (ours or another
+tool's, by its SCT Lung property type), :func:`read_lung_seg_mask` gives its mask over one source
+image with highdicom.
 """
 
 from __future__ import annotations
@@ -35,11 +41,15 @@ from lungseg_monai.outputs.dicom_header import MANUFACTURER, MODEL_NAME, patient
 from lungseg_monai.qc.quality import QC_REJECT, QC_REVIEW, QCResult
 
 __all__ = [
+    "ALGORITHM_TYPES",
     "LUNG_SEGMENT_LABEL",
+    "MANUAL_CONTENT_DESCRIPTION",
     "has_image_plane",
     "lung_segment_description",
+    "lung_segment_number",
     "make_lung_seg",
     "qc_content_description",
+    "read_lung_seg_mask",
     "save_lung_seg",
 ]
 
@@ -50,6 +60,12 @@ ARTIFICIAL_INTELLIGENCE = ("113037", "DCM", "Artificial Intelligence")
 SEG_SERIES_NUMBER = 1001
 SEG_SERIES_DESCRIPTION = "Lung segmentation (lungseg_monai)"
 CONTENT_DESCRIPTION = "Lungs segmented automatically"
+# A person's label: another series, so a PACS lists corrections apart from the model's masks.
+MANUAL_SEG_SERIES_NUMBER = 1002
+MANUAL_SEG_SERIES_DESCRIPTION = "Lung label (manual)"
+MANUAL_CONTENT_DESCRIPTION = "Lungs labelled by a person"
+# Segment Algorithm Type (0062,0008) values a lung segment may have.
+ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
 # Content Description is a LO (Long String) attribute: at most 64 characters.
 _LO_MAX_CHARS = 64
 
@@ -72,22 +88,78 @@ _LOSSY_METHOD = {
 }
 
 
-def lung_segment_description(algorithm_version: str) -> hd.seg.SegmentDescription:
-    """Segment 1, "Lung": SCT Anatomical Structure / Lung, found automatically by an AI algorithm.
+def _check_algorithm_type(algorithm_type: str) -> str:
+    value = str(algorithm_type).upper()
+    if value not in ALGORITHM_TYPES:
+        raise ValueError(f"segment algorithm type must be one of {list(ALGORITHM_TYPES)}, got {algorithm_type!r}")
+    return value
+
+
+def lung_segment_description(
+    algorithm_version: str | None, algorithm_type: str = "AUTOMATIC"
+) -> hd.seg.SegmentDescription:
+    """Segment 1, "Lung": SCT Anatomical Structure / Lung, found by an AI algorithm or drawn by a person.
 
     Args:
-        algorithm_version: the model's identity, recorded as the Algorithm Version.
+        algorithm_version: the model's identity, recorded as the Algorithm Version (not used for
+            a MANUAL segment, which has no algorithm identification).
+        algorithm_type: ``AUTOMATIC`` (the model's mask, the default), ``SEMIAUTOMATIC`` or
+            ``MANUAL`` (a person's label).
+
+    Raises:
+        ValueError: another algorithm type, or no ``algorithm_version`` for a non-manual segment.
     """
+    algorithm_type = _check_algorithm_type(algorithm_type)
+    identification = None
+    if algorithm_type != "MANUAL":
+        if not algorithm_version:
+            raise ValueError(f"an {algorithm_type} lung segment needs the model's identity as algorithm_version")
+        identification = hd.AlgorithmIdentificationSequence(
+            name=MODEL_NAME, family=hd.sr.CodedConcept(*ARTIFICIAL_INTELLIGENCE), version=algorithm_version
+        )
     return hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=LUNG_SEGMENT_LABEL,
         segmented_property_category=hd.sr.CodedConcept(*ANATOMICAL_STRUCTURE),
         segmented_property_type=hd.sr.CodedConcept(*LUNG),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=MODEL_NAME, family=hd.sr.CodedConcept(*ARTIFICIAL_INTELLIGENCE), version=algorithm_version
-        ),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues(algorithm_type),
+        algorithm_identification=identification,
     )
+
+
+def lung_segment_number(seg: Dataset) -> int | None:
+    """The number of the SEG's lung segment (SCT 39607008 "Lung" property type), or None without one.
+
+    Works on a header alone (WADO-RS metadata), so a SEG can be recognised before it is retrieved.
+    """
+    for item in seg.get("SegmentSequence", []):
+        for code in item.get("SegmentedPropertyTypeCodeSequence", []):
+            if (str(code.get("CodeValue", "")), str(code.get("CodingSchemeDesignator", ""))) == LUNG[:2]:
+                return int(item.SegmentNumber)
+    return None
+
+
+def read_lung_seg_mask(seg: Dataset, source_sop_instance_uid: str) -> np.ndarray:
+    """The (rows, columns) uint8 0/1 lung mask a SEG holds over one source image, read with highdicom.
+
+    Args:
+        seg: the SEG (a dataset with pixel data, e.g. ``pydicom.dcmread(path)``).
+        source_sop_instance_uid: the source image's SOP Instance UID.
+
+    Raises:
+        ValueError: the dataset is not a SEG, has no lung segment, or does not reference that image.
+    """
+    if str(seg.get("Modality", "")) != "SEG":
+        raise ValueError(f"object {seg.get('SOPInstanceUID', '?')} is not a SEG (Modality {seg.get('Modality')!r})")
+    number = lung_segment_number(seg)
+    if number is None:
+        raise ValueError(f"SEG {seg.SOPInstanceUID} has no lung segment (SCT {LUNG[0]} '{LUNG[2]}')")
+    parsed = hd.seg.Segmentation.from_dataset(seg, copy=False)
+    try:
+        pixels = parsed.get_pixels_by_source_instance([source_sop_instance_uid], segment_numbers=[number])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise ValueError(f"SEG {seg.SOPInstanceUID} has no frame over image {source_sop_instance_uid}: {e}") from e
+    return (pixels[0, :, :, 0] != 0).astype(np.uint8)
 
 
 def qc_content_description(qc: QCResult) -> str:
@@ -148,7 +220,8 @@ def make_lung_seg(
     algorithm_version: str,
     source_size_bytes: int | None = None,
     sop_instance_uid: str | None = None,
-    content_description: str = CONTENT_DESCRIPTION,
+    content_description: str | None = None,
+    algorithm_type: str = "AUTOMATIC",
 ) -> hd.seg.Segmentation:
     """Build a BINARY DICOM SEG of a (rows, columns) lung mask over its source radiograph.
 
@@ -157,16 +230,24 @@ def make_lung_seg(
         source: the source image's dataset (pixel data not needed).
         series_instance_uid: the SEG series (share it between SEGs of one source series).
         algorithm_version: the model's identity (:attr:`LungSegmenter.identity`), recorded as the
-            segment's Algorithm Version; Software Versions is the lungseg_monai version.
+            segment's Algorithm Version; Software Versions is the lungseg_monai version. Not
+            recorded for a MANUAL segment.
         source_size_bytes: size of the source file, used to state an approximate compression
             ratio when a lossy source does not.
         sop_instance_uid: the SEG's SOP Instance UID (default: a new one).
         content_description: the SEG's Content Description, cut to 64 characters (a mask
-            that quality control sends to review says so here).
+            that quality control sends to review says so here); default: says whether the
+            lungs were segmented automatically or labelled by a person.
+        algorithm_type: ``AUTOMATIC`` (default: the model's mask), ``SEMIAUTOMATIC`` or
+            ``MANUAL`` (a person's label: series "Lung label (manual)", number 1002).
 
     Raises:
-        ValueError: the mask's shape differs from the source's Rows x Columns.
+        ValueError: the mask's shape differs from the source's Rows x Columns, or an unknown
+            algorithm type.
     """
+    manual = _check_algorithm_type(algorithm_type) == "MANUAL"
+    if content_description is None:
+        content_description = MANUAL_CONTENT_DESCRIPTION if manual else CONTENT_DESCRIPTION
     rows, columns = int(source.Rows), int(source.Columns)
     if tuple(mask.shape) != (rows, columns):
         raise ValueError(
@@ -179,9 +260,9 @@ def make_lung_seg(
         source_images=[header],
         pixel_array=(np.asarray(mask) != 0)[np.newaxis],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[lung_segment_description(algorithm_version)],
+        segment_descriptions=[lung_segment_description(algorithm_version, algorithm_type)],
         series_instance_uid=series_instance_uid,
-        series_number=SEG_SERIES_NUMBER,
+        series_number=MANUAL_SEG_SERIES_NUMBER if manual else SEG_SERIES_NUMBER,
         sop_instance_uid=sop_instance_uid or generate_uid(),
         instance_number=int(source.get("InstanceNumber", 1) or 1),
         manufacturer=MANUFACTURER,
@@ -190,7 +271,7 @@ def make_lung_seg(
         device_serial_number="",
         content_label="LUNG",
         content_description=content_description[:_LO_MAX_CHARS],
-        series_description=SEG_SERIES_DESCRIPTION,
+        series_description=MANUAL_SEG_SERIES_DESCRIPTION if manual else SEG_SERIES_DESCRIPTION,
         omit_empty_frames=False,
     )
     if lossy_unknown:

@@ -38,6 +38,7 @@ __all__ = [
     "StowResult",
     "check_url",
     "retrieve_instances",
+    "retrieve_metadata",
     "search_instances",
     "stow",
 ]
@@ -308,6 +309,62 @@ def search_instances(
         )
     logger.debug("QIDO-RS on '%s': %d instance(s)", client.base_url, len(found))
     return [r for r in found.values() if r.study_uid and r.series_uid]
+
+
+def _no_bulk_data(tag: str, vr: str, uri: str) -> bytes:
+    """Bulk data (pixel data, large binary values) stays on the server: present, but empty here."""
+    return b""
+
+
+def retrieve_metadata(
+    url: str, study: str, series: str, sop: str | None = None, session: requests.Session | None = None
+) -> list[pydicom.Dataset]:
+    """The headers of a series' instances, or of one instance (WADO-RS metadata), without any pixel data.
+
+    Bulk data (Pixel Data ...) is left on the server: a value the server gives as a BulkDataURI
+    becomes an empty value. Some servers (Orthanc 1.10) leave Pixel Data out of the metadata
+    altogether; a header with Rows and Columns is an image, so it gets an empty Pixel Data too, and
+    ``"PixelData" in ds`` tells images from objects without pixels either way.
+
+    Args:
+        url: the DICOMweb root.
+        study: StudyInstanceUID.
+        series: SeriesInstanceUID.
+        sop: SOPInstanceUID: that instance only (None: the whole series).
+        session: see :func:`search_instances`.
+
+    Returns:
+        One header per instance, in the server's order.
+
+    Raises:
+        ValueError: a malformed UID.
+        DicomwebError: the server cannot be reached or refuses the request (404: no such series or
+            instance; Orthanc answers 404 for a series UID that two patients' studies share).
+
+    Example:
+        >>> headers = retrieve_metadata("http://pacs:8042/dicom-web", "1.2.3", "1.2.3.1")  # doctest: +SKIP
+        >>> headers[0].Modality, "PixelData" in headers[0]
+        ('CR', True)
+    """
+    client = _client(url, session)
+    study, series = _check_uid(study, "study UID"), _check_uid(series, "series UID")
+    what = f"series {series}" if sop is None else f"instance {_check_uid(sop, 'SOP Instance UID')}"
+    try:
+        if sop is None:
+            items = client.retrieve_series_metadata(study, series)
+        else:
+            items = client.retrieve_instance_metadata(study, series, sop)
+            items = items if isinstance(items, list) else [items]
+    except requests.RequestException as e:
+        not_found = f"the {what.split()[0]} is not (or no longer) on the server; search again"
+        raise _error(client.base_url, f"a WADO-RS metadata request for {what}", e, not_found) from e
+    headers = []
+    for item in items:
+        ds = pydicom.Dataset.from_json(item, bulk_data_uri_handler=_no_bulk_data)
+        if "PixelData" not in ds and "Rows" in ds and "Columns" in ds:
+            ds.PixelData = b""
+        headers.append(ds)
+    return headers
 
 
 def _cached(path: Path, ref: InstanceRef) -> bool:

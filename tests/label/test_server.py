@@ -12,19 +12,12 @@ in this process, on the CPU with one thread like the server).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,88 +26,27 @@ import pytest
 pytest.importorskip("monailabel", reason="needs the 'label' extra (pip install 'lungseg_monai[label]')")
 requests = pytest.importorskip("requests")
 
-from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, REPO_ROOT, SAMPLE_DATA, SHARED_DICOM, require_shared  # noqa: E402
+from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, SAMPLE_DATA, SHARED_DICOM, require_shared  # noqa: E402
+from label_server import (  # noqa: E402
+    REQUEST_TIMEOUT_S,
+    expected_mask,
+    png_bytes,
+    running_label_server,
+    sha256,
+    single_threaded_torch,
+)
+from label_server import LabelServer as Server  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lungseg_monai.cli import main as lungseg_main  # noqa: E402
 from lungseg_monai.inference import LungSegmenter  # noqa: E402
 from lungseg_monai.io import read_radiograph  # noqa: E402
 from lungseg_monai.label import LABEL_NAMES, MODEL_NAME  # noqa: E402
 
-STARTUP_TIMEOUT_S = 120
-TRAIN_TIMEOUT_S = 300
-REQUEST_TIMEOUT_S = 120
 CROPPED_ROWS = 384  # the sample images are 512x512
 CROPPED_ID = "cropped_1880e301"
 PNG_ID = "1052b0fe"
 DICOM_IDS = (DICOM_J2K_MONO1.stem, DICOM_FAKE_MONO1.stem)
 CONCURRENT_REQUESTS = 20
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    log: Path
-    studies: Path
-    workdir: Path
-    model: Path
-    session: requests.Session
-
-    def log_tail(self, chars: int = 6000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else "(no log)"
-
-    def infer(self, image_id: str, **params: str) -> requests.Response:
-        query = {"image": image_id, "output": "image", **params}
-        return self.session.post(f"{self.url}/infer/{MODEL_NAME}", params=query, timeout=REQUEST_TIMEOUT_S)
-
-    def infer_params(self, image_id: str) -> dict:
-        response = self.session.post(
-            f"{self.url}/infer/{MODEL_NAME}", params={"image": image_id, "output": "json"}, timeout=REQUEST_TIMEOUT_S
-        )
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def put_label(self, image_id: str, filename: str, content: bytes) -> requests.Response:
-        return self.session.put(
-            f"{self.url}/datastore/label",
-            params={"image": image_id},
-            files={"label": (filename, content)},
-            timeout=REQUEST_TIMEOUT_S,
-        )
-
-
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _png_bytes(mask: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _single_threaded_torch() -> None:
-    # Same device and thread count as the server, so that probabilities agree to the last bit.
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def expected_mask(model: Path, image: Path, out: Path) -> np.ndarray:
-    """The (rows, columns) 0/1 mask ``lungseg infer --model MODEL IMAGE -o OUT`` writes (as 0/255 PNG)."""
-    _single_threaded_torch()
-    argv = ["infer", str(image), "-o", str(out), "--model", str(model), "--device", "cpu", "--batch-size", "1"]
-    assert lungseg_main([*argv, "--formats", "mask", "--overwrite", "--no-progress"]) == 0
-    (mask_png,) = (out / "masks").glob("*.png")
-    with Image.open(mask_png) as img:
-        return (np.asarray(img) > 0).astype(np.uint8)
 
 
 def _threshold_in_widest_gap(probabilities: np.ndarray) -> float:
@@ -144,7 +76,7 @@ def served_model(trained_bundle: Path, studies: Path, tmp_path_factory: pytest.T
     model = folder / "model.pt"
     shutil.copyfile(trained_bundle / "models" / "model.pt", model)
     card = json.loads((trained_bundle / "models" / "model.json").read_text())
-    _single_threaded_torch()
+    single_threaded_torch()
     segmenter = LungSegmenter.from_model(trained_bundle / "models" / "model.pt", device="cpu")
     probabilities = segmenter.predict_probabilities([read_radiograph(studies / f"{CROPPED_ID}.png")])[0]
     card["threshold"] = _threshold_in_widest_gap(probabilities)
@@ -154,51 +86,8 @@ def served_model(trained_bundle: Path, studies: Path, tmp_path_factory: pytest.T
 
 @pytest.fixture(scope="module")
 def server(studies: Path, served_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    port = _free_loopback_port()
-    workdir = tmp_path_factory.mktemp("label_workdir")
-    log = workdir / "server.log"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-        "OMP_NUM_THREADS": "1",
-        # Nothing may be fetched from the internet: any attempt fails on this dead proxy.
-        "HTTP_PROXY": "http://127.0.0.1:9",
-        "HTTPS_PROXY": "http://127.0.0.1:9",
-        "NO_PROXY": "127.0.0.1,localhost",
-    }
-    cmd = [
-        sys.executable, "-m", "lungseg_monai.cli", "label",
-        "--studies", str(studies), "--model", str(served_model), "--workdir", str(workdir),
-        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-    ]  # fmt: skip
-    session = requests.Session()
-    session.trust_env = False  # loopback only, never through a proxy
-    with open(log, "w") as log_file:
-        process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    srv = Server(f"http://127.0.0.1:{port}", process, log, studies, workdir, served_model, session)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"lungseg label exited with {process.returncode} before serving:\n{srv.log_tail()}")
-            try:
-                if session.get(f"{srv.url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no answer from /info within {STARTUP_TIMEOUT_S} s:\n{srv.log_tail()}")
-            time.sleep(0.5)
+    with running_label_server(studies, served_model, tmp_path_factory.mktemp("label_workdir")) as srv:
         yield srv
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        session.close()
 
 
 def _image_ids(studies: Path) -> set[str]:
@@ -280,14 +169,14 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(server
     assert bad_label.status_code == 400
     assert "not a readable image" in bad_label.json()["detail"]
 
-    wrong_size = server.put_label(CROPPED_ID, "label.png", _png_bytes(np.ones((512, 512), np.uint8)))
+    wrong_size = server.put_label(CROPPED_ID, "label.png", png_bytes(np.ones((512, 512), np.uint8)))
     assert wrong_size.status_code == 400
     assert wrong_size.json()["detail"] == (
         f"label for image '{CROPPED_ID}' is 512x512 pixels but the image is 512x{CROPPED_ROWS}; "
         "a label must have exactly its image's size (width x height)"
     )
 
-    orphan = server.put_label("no_such_image", "label.png", _png_bytes(np.ones((8, 8), np.uint8)))
+    orphan = server.put_label("no_such_image", "label.png", png_bytes(np.ones((8, 8), np.uint8)))
     assert orphan.status_code == 404
 
     assert server.infer(PNG_ID).status_code == 200
@@ -301,7 +190,7 @@ def _real_cropped_mask() -> np.ndarray:
 
 def test_saved_label_reads_back_unchanged(server: Server) -> None:
     mask = _real_cropped_mask()  # the annotators' real mask, cropped like its image: not symmetric
-    saved = server.put_label(CROPPED_ID, "corrected.png", _png_bytes(mask * 255))
+    saved = server.put_label(CROPPED_ID, "corrected.png", png_bytes(mask * 255))
     assert saved.status_code == 200, saved.text
     assert saved.json()["label"] == CROPPED_ID
     back = server.session.get(
@@ -324,26 +213,17 @@ def test_twenty_concurrent_infers_all_succeed(server: Server, tmp_path: Path) ->
 
 
 def test_train_one_epoch_publishes_a_new_checkpoint_that_infer_then_uses(server: Server, tmp_path: Path) -> None:
-    label = server.put_label(CROPPED_ID, "corrected.png", _png_bytes(_real_cropped_mask() * 255))
+    label = server.put_label(CROPPED_ID, "corrected.png", png_bytes(_real_cropped_mask() * 255))
     assert label.status_code == 200, label.text
     before = server.session.get(f"{server.url}/model/info/{MODEL_NAME}", timeout=REQUEST_TIMEOUT_S).json()
-    assert before["checksum"] == f"SHA256:{_sha256(server.model)}"
+    assert before["checksum"] == f"SHA256:{sha256(server.model)}"
 
-    started = server.session.post(
-        f"{server.url}/train/{MODEL_NAME}", json={"max_epochs": 1, "batch_size": 2}, timeout=REQUEST_TIMEOUT_S
-    )
-    assert started.status_code == 200, started.text
-    deadline = time.monotonic() + TRAIN_TIMEOUT_S
-    task = started.json()
-    while task["status"] in ("SUBMITTED", "RUNNING"):
-        assert time.monotonic() < deadline, f"training still {task['status']} after {TRAIN_TIMEOUT_S} s"
-        time.sleep(1)
-        task = server.session.get(f"{server.url}/train/", timeout=REQUEST_TIMEOUT_S).json()
+    task = server.train(max_epochs=1, batch_size=2)
     assert task["status"] == "DONE", "\n".join(task.get("details", [])) + server.log_tail()
 
     published = server.workdir / "models" / "model.pt"
     after = server.session.get(f"{server.url}/model/info/{MODEL_NAME}", timeout=REQUEST_TIMEOUT_S).json()
-    assert after["checksum"] == f"SHA256:{_sha256(published)}" != before["checksum"]
+    assert after["checksum"] == f"SHA256:{sha256(published)}" != before["checksum"]
     card = json.loads(published.with_suffix(".json").read_text())
     assert card["base_model"] == str(server.model) and card["image_size"] == 64
     assert after["train_stats"]["total_epochs"] == 1 and after["train_stats"]["labels"] >= 1

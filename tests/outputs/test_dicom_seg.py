@@ -16,7 +16,7 @@ from stub_segmenter import stub_segmenter
 
 from lungseg_monai import __version__
 from lungseg_monai.inference.runner import segment_files
-from lungseg_monai.outputs.dicom_seg import make_lung_seg, save_lung_seg
+from lungseg_monai.outputs.dicom_seg import lung_segment_number, make_lung_seg, read_lung_seg_mask, save_lung_seg
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -146,3 +146,38 @@ def test_mask_of_another_size_is_refused_with_both_sizes() -> None:
     assert str(info.value) == (
         "mask is 20x10 but the source DICOM is 1024x1024; a SEG must have the source's rows and columns"
     )
+
+
+def test_manual_seg_of_a_persons_label_reads_back_through_lungseg_and_highdicom(tmp_path: Path) -> None:
+    require_shared()
+    source = pydicom.dcmread(DICOM_J2K_MONO1, stop_before_pixels=True)
+    mask = synthetic_lung_mask(source)
+    seg = _write_and_read_back(
+        make_lung_seg(mask, source, generate_uid(), None, algorithm_type="MANUAL"), tmp_path / "seg.dcm"
+    )
+    description = seg.get_segment_description(1)
+    assert description.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.MANUAL
+    assert "SegmentationAlgorithmIdentificationSequence" not in seg.SegmentSequence[0]
+    assert (seg.SeriesDescription, seg.SeriesNumber) == ("Lung label (manual)", 1002)
+    assert seg.ContentDescription == "Lungs labelled by a person"
+    assert lung_segment_number(seg) == 1
+    np.testing.assert_array_equal(read_lung_seg_mask(seg, source.SOPInstanceUID), mask)
+    with pytest.raises(ValueError, match="has no frame over image 1.2.3"):
+        read_lung_seg_mask(seg, "1.2.3")
+
+
+def test_algorithm_type_is_checked_and_defaults_to_automatic() -> None:
+    require_shared()
+    source = pydicom.dcmread(DICOM_J2K_MONO1, stop_before_pixels=True)
+    mask = synthetic_lung_mask(source)
+    automatic = make_lung_seg(mask, source, generate_uid(), "9.9.9")
+    assert automatic.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+    assert automatic.SeriesNumber == 1001 and automatic.ContentDescription == "Lungs segmented automatically"
+    with pytest.raises(ValueError, match=r"segment algorithm type must be one of \['AUTOMATIC', 'SEMIAUTOMATIC', "):
+        make_lung_seg(mask, source, generate_uid(), "9.9.9", algorithm_type="guessed")
+    with pytest.raises(ValueError, match="an AUTOMATIC lung segment needs the model's identity"):
+        make_lung_seg(mask, source, generate_uid(), None)
+    other = pydicom.Dataset()
+    other.SegmentSequence = [pydicom.Dataset()]
+    other.SegmentSequence[0].SegmentNumber = 1
+    assert lung_segment_number(other) is None
