@@ -1,6 +1,6 @@
 """Other inference engines for the ResNet50-UNet on CPU, measured: eager fp32, channels-last,
 ``torch.compile``, TorchScript (MONAI ``convert_to_torchscript``, what ``ckpt_export`` writes) and
-ONNX (MONAI ``convert_to_onnx``, run by onnxruntime's CPU provider).
+ONNX (torch's TorchScript-based exporter, run by onnxruntime's CPU provider).
 
 One run, interleaved rounds (one forward of each engine per round), median seconds per forward,
 batch 1 at ``--size`` px. Agreement with eager fp32 on real radiographs from the embedded sample:
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=6)
     args = parser.parse_args()
 
-    from monai.networks.utils import convert_to_onnx, convert_to_torchscript
+    from monai.networks.utils import convert_to_torchscript
 
     from lungseg_monai.inference import LungSegmenter
 
@@ -81,15 +81,17 @@ def main() -> None:
 
         onnx_path = Path(tmp) / "model.onnx"
         started = time.perf_counter()
-        convert_to_onnx(
+        # MONAI's convert_to_onnx (what `monai.bundle onnx_export` runs) calls torch.onnx.export with
+        # torch's default, the dynamo exporter, which needs onnxscript (not installable beside
+        # numpy<2 here); the TorchScript-based exporter (dynamo=False) is what use_trace=True meant.
+        torch.onnx.export(
             copy.deepcopy(network),
-            inputs=[example],
+            (example,),
+            str(onnx_path),
             input_names=["image"],
             output_names=["logits"],
-            filename=str(onnx_path),
-            verify=False,
             dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            use_trace=True,
+            dynamo=False,
         )
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
