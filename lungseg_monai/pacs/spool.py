@@ -133,7 +133,7 @@ class Spool:
 
     def pending(self, limit: int | None = None) -> list[Path]:
         """Instances still to segment, oldest first."""
-        paths = sorted(self.inbox.glob("*.dcm"), key=lambda p: (_mtime(p), p.name))
+        paths = sorted(_visible(self.inbox, "*.dcm"), key=lambda p: (_mtime(p), p.name))
         return paths[:limit] if limit is not None else paths
 
     # -- after processing ------------------------------------------------------------------------
@@ -179,7 +179,7 @@ class Spool:
         if not folder.is_dir():
             return []
         entries = []
-        for path in sorted(folder.glob("*.json"), key=lambda p: (_mtime(p), p.name)):
+        for path in sorted(_visible(folder, "*.json"), key=lambda p: (_mtime(p), p.name)):
             try:
                 entries.append(OutboxEntry(**json.loads(path.read_text())))
             except (OSError, ValueError, TypeError) as e:
@@ -220,7 +220,7 @@ class Spool:
         with self._lock:
             status = {event: self._counts.get(event, 0) for event in LEDGER_EVENTS}
         status["waiting_to_segment"] = len(self.pending())
-        status["waiting_to_send"] = sum(len(list((self.outbox / d).glob("*.json"))) for d in self.destinations_waiting())
+        status["waiting_to_send"] = sum(len(_visible(self.outbox / d, "*.json")) for d in self.destinations_waiting())
         return status
 
     # -- internals -------------------------------------------------------------------------------
@@ -246,6 +246,12 @@ class Spool:
 
     def _remove_results(self, sop: str) -> None:
         shutil.rmtree(self.results_dir(sop), ignore_errors=True)
+
+
+def _visible(folder: Path, pattern: str) -> list[Path]:
+    """``folder.glob(pattern)`` without hidden names: a file being written (``atomic_path``'s
+    ``.NAME.XXXX.tmp...``) is not there yet. pathlib's glob, unlike the shell's, matches them."""
+    return [p for p in folder.glob(pattern) if not p.name.startswith(".")]
 
 
 def _mtime(path: Path) -> float:

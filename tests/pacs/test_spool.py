@@ -101,3 +101,21 @@ def test_config_file_with_command_line_overrides_and_unknown_keys_refused(tmp_pa
         load_config(config, {})
     with pytest.raises(ValueError, match="needs model"):
         load_config(None, {"spool": "s"})
+
+
+def test_files_still_being_written_are_neither_processed_nor_sent(tmp_path: Path) -> None:
+    """Regression (seen in CI): the sender read the processor's half-written outbox entry, moved it
+    away as unreadable, and the instance failed. pathlib's glob matches hidden temporary names."""
+    spool = Spool(tmp_path)
+    _receive(spool, "1.2.3")
+    result = spool.results_dir("1.2.3") / "seg.dcm"
+    result.parent.mkdir(parents=True)
+    result.write_bytes(b"SEG")
+    spool.complete("1.2.3", [result], ["pacs"])
+    (tmp_path / "inbox" / ".1.2.4.dcm.a1b2c3.tmp.2.4.dcm").write_bytes(b"half")
+    (tmp_path / "outbox" / "pacs" / ".1.2.5.json.a1b2c3.tmp.2.5.json").write_text('{"sop": "1.2')
+    assert spool.pending() == []
+    assert [e.sop for e in spool.waiting("pacs")] == ["1.2.3"]
+    assert spool.status()["waiting_to_send"] == 1
+    assert (tmp_path / "outbox" / "pacs" / ".1.2.5.json.a1b2c3.tmp.2.5.json").exists()  # left to its writer
+    assert not list((tmp_path / "undeliverable").rglob("*"))
