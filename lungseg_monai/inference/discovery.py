@@ -32,6 +32,7 @@ __all__ = [
     "classify_dicom",
     "discover_inputs",
     "inference_datalist",
+    "read_dicom_header",
 ]
 
 logger = logging.getLogger(__name__)
@@ -138,7 +139,8 @@ def classify_dicom(ds: pydicom.Dataset, check_headers: bool = True) -> str | Non
     return check_dicom_header(ds) if check_headers else None
 
 
-def _read_header(path: Path) -> pydicom.Dataset:
+def read_dicom_header(path: str | os.PathLike) -> pydicom.Dataset:
+    """A DICOM file's header for :func:`classify_dicom`: pixel data deferred (read when decoded), not dropped."""
     return pydicom.dcmread(str(path), defer_size=_DEFER_BYTES, force=True)
 
 
@@ -238,7 +240,7 @@ def discover_inputs(
             others.append(path)
             continue
         try:
-            ds = _read_header(path)
+            ds = read_dicom_header(path)
         except Exception as e:  # noqa: BLE001 - pydicom raises many types for corrupt files
             found.failed.append(SkippedInput(path, f"not a readable DICOM file ({type(e).__name__}: {e})"))
             continue

@@ -25,7 +25,7 @@ import numpy as np
 import pydicom
 import torch
 
-from lungseg_monai.inference.discovery import classify_dicom
+from lungseg_monai.inference.discovery import classify_dicom, read_dicom_header
 from lungseg_monai.inference.predictor import LungSegmenter, QCForward
 from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
 from lungseg_monai.outputs.atomic import atomic_path
@@ -42,9 +42,6 @@ from lungseg_monai.qc.quality import QC_REJECT, QCResult
 __all__ = ["InstanceProcessor", "Prepared"]
 
 logger = logging.getLogger(__name__)
-
-# Read the header and defer the pixel data until the loader decodes it.
-_DEFER_BYTES = "1 KB"
 
 
 @dataclass
@@ -106,7 +103,7 @@ class InstanceProcessor:
     def _prepare(self, path: Path) -> Prepared | None:
         sop = path.stem
         try:
-            header = pydicom.dcmread(str(path), defer_size=_DEFER_BYTES, force=True)
+            header = read_dicom_header(path)
             reason = classify_dicom(header, check_headers=self.check_headers)
             if reason is not None:
                 logger.info("instance %s skipped: %s", sop, reason)

@@ -88,15 +88,9 @@ def send_stow(destination: Destination, paths: Sequence[Path]) -> None:
     except DicomwebError as e:
         raise DeliveryError(str(e), unreachable=True) from e
     if result.failed:
-        refused = {Path(p): str(reason) for p, reason in _failed_paths(result.failed, paths).items()}
-        raise DeliveryError(f"{destination} refused {len(refused)} result(s)", unreachable=False, refused=refused)
-
-
-def _failed_paths(failed: object, paths: Sequence[Path]) -> dict[Path, str]:
-    """Map a STOW result's failures (by path or by SOP Instance UID) back to result files."""
-    items = dict(failed) if isinstance(failed, dict) else {f: "refused" for f in failed}  # type: ignore[union-attr]
-    by_uid = {str(pydicom.dcmread(str(p), stop_before_pixels=True).SOPInstanceUID): p for p in paths}
-    return {by_uid.get(str(key), Path(str(key))): str(reason) for key, reason in items.items()}
+        raise DeliveryError(
+            f"{destination} refused {len(result.failed)} result(s)", unreachable=False, refused=dict(result.failed)
+        )
 
 
 @dataclass

@@ -205,10 +205,9 @@ class Spool:
         """``dest`` answered with an error; True when the entry was given up (moved to ``undeliverable/``)."""
         entry.refusals += 1
         entry.last_error = error
-        if entry.refusals < max_refusals:
-            self._write_entry(dest, entry)
-            return False
         self._write_entry(dest, entry)
+        if entry.refusals < max_refusals:
+            return False
         self._move_entry(self.outbox / dest / f"{entry.sop}.json", dest)
         self.log_event("undeliverable", entry.sop, destination=dest, reason=error)
         return True
