@@ -11,19 +11,21 @@ cd "$(dirname "$0")/.."
 venv="${1:-.venv}"
 python="${PYTHON:-python3.11}"
 
-# System packages the PACS tests use: Orthanc with its DICOMweb plugin (Debian). Installed with
-# apt-get when this runs as root (or with password-less sudo); otherwise those tests skip with a
-# reason. LUNGSEG_NO_APT=1 leaves the system alone.
+# System packages the PACS and browser tests use: Orthanc with its DICOMweb plugin, Chromium and
+# its WebDriver (Debian). Installed with apt-get when this runs as root (or with password-less
+# sudo); otherwise those tests skip with a reason. LUNGSEG_NO_APT=1 leaves the system alone.
 system_packages=()
 command -v Orthanc >/dev/null 2>&1 || system_packages+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || system_packages+=(orthanc-dicomweb)
+command -v chromium >/dev/null 2>&1 || system_packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || system_packages+=(chromium-driver)
 if [ "${#system_packages[@]}" -gt 0 ] && [ "${LUNGSEG_NO_APT:-0}" != 1 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then apt=(); else apt=(sudo -n); fi
     if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
         "${apt[@]}" apt-get update -qq
         DEBIAN_FRONTEND=noninteractive "${apt[@]}" apt-get install -y -qq --no-install-recommends "${system_packages[@]}" >/dev/null
     else
-        echo "note: ${system_packages[*]} not installed (needs apt-get as root); the PACS tests will skip"
+        echo "note: ${system_packages[*]} not installed (needs apt-get as root); the PACS and browser tests will skip"
     fi
 fi
 

@@ -7,8 +7,9 @@ also be a PACS's DICOMweb root (``http://127.0.0.1:8042/dicom-web``).
 Modules: ``errors`` (answers with a 4xx or 502 status), ``models`` (which checkpoint is served,
 reload on change), ``datastore`` (PNG/JPEG/DICOM/... images in a local folder),
 ``dicomweb_datastore`` (chest radiographs of a PACS, labels saved to it as DICOM SEG), ``proxy``
-(``/proxy/dicom`` forwarding the viewer's Accept header), ``infer`` and ``train`` (the MONAI Label
-tasks), ``server`` (the ``MONAILabelApp``), ``cli`` (``lungseg label``).
+(``/proxy/dicom`` forwarding the viewer's Accept header), ``review`` (the browser review page
+``/lungseg/review``, its files in ``web/``), ``infer`` and ``train`` (the MONAI Label tasks),
+``server`` (the ``MONAILabelApp``), ``cli`` (``lungseg label``).
 
 Needs the ``label`` extra (monailabel). Importing this package does not import monailabel.
 """

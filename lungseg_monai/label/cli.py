@@ -67,6 +67,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--train-config", type=Path, default=None, help="bundle configs/train.json used to fine-tune (default: found)"
     )
+    parser.add_argument(
+        "--overlay",
+        action="store_true",
+        help="with a PACS: store each saved label also as a Secondary Capture of its contour over the film, "
+        "for viewers (OHIF, most PACS viewers) that cannot overlay a SEG on a radiograph",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -88,6 +94,8 @@ def start_server_args(args: argparse.Namespace, app_dir: Path, workdir: Path) ->
         argv += ["--conf", "precision", args.precision]
     if args.train_config:
         argv += ["--conf", "train_config", str(args.train_config.resolve())]
+    if args.overlay:
+        argv += ["--conf", "overlay", "true"]
     return argv
 
 

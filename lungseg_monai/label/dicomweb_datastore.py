@@ -18,7 +18,9 @@ secondary-capture chest radiographs of a DICOMweb server (Orthanc, dcm4chee, a c
   image is labelled when the PACS holds a lung SEG referencing it (a person's or a model's); its
   label is the **latest** such SEG by Content Date and Content Time (ties: the larger SOP Instance
   UID), read back with highdicom into ``<cache>/labels/SEG_SOP.png`` (0/1). Training
-  (``datalist``) uses those labels.
+  (``datalist``) uses those labels. With ``overlay=True`` each saved label is also stored as a
+  Secondary Capture of its contour over the film (series "Lung label overlay (manual)"): OHIF 3.6
+  and most PACS viewers cannot overlay a SEG on a CR/DX film that has no image plane.
 
 A PACS that cannot be reached, or refuses a request, gives :class:`~lungseg_monai.label.errors.PacsError`
 (HTTP 502 with the server's URL and the reason) and the app keeps serving: an image already in the
@@ -42,12 +44,14 @@ import requests
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
 from lungseg_monai.inference.discovery import classify_dicom
-from lungseg_monai.io import NON_IMAGE_MODALITIES
+from lungseg_monai.io import NON_IMAGE_MODALITIES, read_radiograph
 from lungseg_monai.label.datastore import read_label
 from lungseg_monai.label.errors import HTTP_NOT_FOUND, BadRequestError, ImageNotFoundError, PacsError
 from lungseg_monai.outputs import atomic_path, save_png
+from lungseg_monai.outputs.dicom_sc import make_overlay_sc
 from lungseg_monai.outputs.dicom_seg import lung_segment_number, make_lung_seg, read_lung_seg_mask
 from lungseg_monai.outputs.dicom_uids import derived_uid
+from lungseg_monai.outputs.overlay import overlay_contours
 from lungseg_monai.pacs.dicomweb import (
     DicomwebError,
     InstanceRef,
@@ -66,6 +70,10 @@ logger = logging.getLogger(__name__)
 LISTING_MAX_AGE_S = 2.0
 # The series of a person's labels of one source series (derived, so all corrections of it share one).
 MANUAL_LABEL_KIND = "manual lung label"
+# The series of their overlays (``overlay=True``).
+MANUAL_OVERLAY_KIND = "manual lung label overlay"
+MANUAL_OVERLAY_SERIES_DESCRIPTION = "Lung label overlay (manual)"
+MANUAL_OVERLAY_SERIES_NUMBER = 1004
 _FINAL = DefaultLabelTag.FINAL.value
 
 
@@ -136,6 +144,9 @@ class DicomwebDatastore(Datastore):
         session: a :class:`requests.Session` with the server's authentication or certificates.
         check_headers: list only images whose header does not name another modality, SOP class or
             body part (as ``lungseg infer`` does); False lists every frontal image.
+        overlay: with each saved label, also store a Secondary Capture of its contour over the film
+            (series "Lung label overlay (manual)"), for viewers that cannot overlay a SEG on a
+            radiograph.
 
     Raises:
         ValueError: ``url`` is not an http(s) URL.
@@ -152,8 +163,10 @@ class DicomwebDatastore(Datastore):
         cache_dir: str | os.PathLike,
         session: requests.Session | None = None,
         check_headers: bool = True,
+        overlay: bool = False,
     ) -> None:
         self.url = check_url(url)
+        self.overlay = overlay
         self.cache = Path(cache_dir)
         self.session = session
         self.check_headers = check_headers
@@ -427,7 +440,54 @@ class DicomwebDatastore(Datastore):
             if label_info:
                 self._label_info.setdefault(image_id, {}).update(label_info)
         logger.info("label of image %s stored in '%s' as SEG %s", image_id, self.url, seg_ref.sop_uid)
+        if self.overlay:
+            self._store_overlay(ref, image_path, source, mask, seg_ref.sop_uid)
         return image_id
+
+    def _store_overlay(
+        self, ref: InstanceRef, image_path: Path, source: pydicom.Dataset, mask: Any, seg_sop_uid: str
+    ) -> None:
+        """STOW-RS the saved label's contour over its film as a Secondary Capture (after its SEG).
+
+        The label is saved either way: an overlay the PACS does not take is logged and reported in
+        the label's info (``overlay_error``), not raised.
+        """
+        pixels = read_radiograph(image_path).pixels
+        sc = make_overlay_sc(
+            source,
+            overlay_contours(pixels, mask),
+            identity="",
+            series_instance_uid=derived_uid(ref.study_uid, ref.series_uid, MANUAL_OVERLAY_KIND),
+            sop_instance_uid=derived_uid(seg_sop_uid, MANUAL_OVERLAY_KIND),
+            series_description=MANUAL_OVERLAY_SERIES_DESCRIPTION,
+            series_number=MANUAL_OVERLAY_SERIES_NUMBER,
+            derivation_description=f"Lung contour (red) of the label saved as DICOM SEG {seg_sop_uid}, drawn over "
+            "the radiograph",
+        )
+        sc_path = self.cache / "overlays" / f"{sc.SOPInstanceUID}.dcm"
+        sc_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(sc_path) as tmp:
+            sc.save_as(str(tmp))
+        try:
+            result = stow(self.url, [sc_path], self.session)
+            error = "" if result.ok else next(iter(result.failed.values()))
+        except DicomwebError as e:
+            error = str(e)
+        finally:
+            sc_path.unlink(missing_ok=True)
+        with self._lock:
+            info = self._label_info.setdefault(ref.sop_uid, {})
+            info.pop("overlay_error", None)
+            info.pop("overlay_sop_instance_uid", None)
+            if error:
+                info["overlay_error"] = error
+            else:
+                info["overlay_sop_instance_uid"] = str(sc.SOPInstanceUID)
+                info["overlay_series_instance_uid"] = str(sc.SeriesInstanceUID)
+        if error:
+            logger.warning("overlay of the label of image %s was not stored in '%s': %s", ref.sop_uid, self.url, error)
+        else:
+            logger.info("overlay of the label of image %s stored in '%s' as SC %s", ref.sop_uid, self.url, sc.SOPInstanceUID)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         raise BadRequestError(

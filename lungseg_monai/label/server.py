@@ -18,6 +18,8 @@ Configuration (``--conf KEY VALUE`` of ``monailabel start_server``; ``lungseg la
   fp32), ``fp32``, ``bf16`` or ``fp16``, for inference and fine-tuning.
 - ``train_config``: the bundle's ``configs/train.json``; default the bundle the model sits in, else
   the bundle beside this package's source.
+- ``overlay``: ``true`` to store, with each label saved to a PACS, a Secondary Capture of its
+  contour over the film (for viewers that cannot overlay a SEG on a radiograph); default ``false``.
 
 Nothing is downloaded: the model, its preprocessing and the training config are all local.
 """
@@ -98,6 +100,7 @@ class LungSegLabelApp(MONAILabelApp):
         self.device = device
         self.precision = precision
         self.workdir = workdir
+        self.overlay = str(conf.get("overlay", "false")).lower() in ("1", "true", "yes")
         logger.info(
             "lung model: serving '%s' (initial '%s'); fine-tuned models go to '%s'; training config '%s'",
             self.store.current(),
@@ -118,7 +121,7 @@ class LungSegLabelApp(MONAILabelApp):
         from monailabel.config import settings
 
         if is_dicomweb_url(self.studies):  # not MONAILabelApp's: it would download dcmqi
-            return DicomwebDatastore(self.studies, self.workdir / DICOMWEB_CACHE_NAME)
+            return DicomwebDatastore(self.studies, self.workdir / DICOMWEB_CACHE_NAME, overlay=self.overlay)
         return RadiographDatastore(
             self.studies,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
@@ -147,11 +150,14 @@ class LungSegLabelApp(MONAILabelApp):
         return super().infer(request, datastore)
 
     def on_init_complete(self) -> None:
-        """Started as a server: with a PACS, serve the DICOMweb proxy that forwards the Accept header."""
+        """Started as a server: serve the review page and, with a PACS, the proxy that forwards the Accept header."""
         super().on_init_complete()
-        if is_dicomweb_url(self.studies):
-            from monailabel.app import app
+        from monailabel.app import app
 
+        from lungseg_monai.label.review import install_review_page
+
+        install_review_page(app)
+        if is_dicomweb_url(self.studies):
             from lungseg_monai.label.proxy import install_dicomweb_proxy
 
             install_dicomweb_proxy(app)

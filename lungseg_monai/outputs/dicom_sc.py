@@ -26,7 +26,7 @@ from lungseg_monai import __version__
 from lungseg_monai.outputs.atomic import atomic_path
 from lungseg_monai.outputs.dicom_header import MANUFACTURER, MODEL_NAME, patient_study_header, read_source_header
 
-__all__ = ["SC_SERIES_DESCRIPTION", "make_overlay_sc", "save_overlay_sc"]
+__all__ = ["SC_SERIES_DESCRIPTION", "SC_SERIES_NUMBER", "make_overlay_sc", "save_overlay_sc"]
 
 SC_SERIES_DESCRIPTION = "Lung overlay (lungseg_monai)"
 SC_SERIES_NUMBER = 1003
@@ -57,6 +57,9 @@ def make_overlay_sc(
     identity: str,
     series_instance_uid: str,
     sop_instance_uid: str,
+    series_description: str = SC_SERIES_DESCRIPTION,
+    series_number: int = SC_SERIES_NUMBER,
+    derivation_description: str | None = None,
 ) -> hd.sc.SCImage:
     """Build an RGB Secondary Capture of a lung overlay over its source radiograph.
 
@@ -67,6 +70,8 @@ def make_overlay_sc(
         identity: the model's identity (:attr:`LungSegmenter.identity`), named in the derivation.
         series_instance_uid: the SC series (:attr:`ResultUIDs.sc_series_uid`).
         sop_instance_uid: the SC's SOP Instance UID (:attr:`ResultUIDs.sc_sop_uid`).
+        series_description, series_number: the SC's series (default: the model's overlay series).
+        derivation_description: what the contour is (default: the lung contour segmented by ``identity``).
 
     Raises:
         ValueError: the overlay is not (rows, columns, 3) uint8 of the source's size.
@@ -92,14 +97,14 @@ def make_overlay_sc(
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=series_instance_uid,
-        series_number=SC_SERIES_NUMBER,
+        series_number=series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=int(source.get("InstanceNumber", 1) or 1),
         manufacturer=MANUFACTURER,
         pixel_spacing=_pixel_spacing(source),
         patient_orientation=_PLACEHOLDER_ORIENTATION,
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        series_description=SC_SERIES_DESCRIPTION,
+        series_description=series_description,
         manufacturer_model_name=MODEL_NAME,
         software_versions=__version__,
     )
@@ -110,7 +115,9 @@ def make_overlay_sc(
     reference.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept(*SOURCE_IMAGE_FOR_PROCESSING)]
     sc.SourceImageSequence = [reference]
     sc.DerivationCodeSequence = [hd.sr.CodedConcept(*SEGMENTATION_DERIVATION)]
-    sc.DerivationDescription = f"Lung contour (red) segmented by {identity}, drawn over the radiograph"[:_ST_MAX_CHARS]
+    if derivation_description is None:
+        derivation_description = f"Lung contour (red) segmented by {identity}, drawn over the radiograph"
+    sc.DerivationDescription = derivation_description[:_ST_MAX_CHARS]
     sc.BurnedInAnnotation = "NO"
     return sc
 

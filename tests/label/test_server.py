@@ -202,6 +202,33 @@ def test_saved_label_reads_back_unchanged(server: Server) -> None:
     assert status["completed"] >= 1
 
 
+def test_review_page_and_its_film_rendering_on_a_folder(server: Server) -> None:
+    from lungseg_monai.outputs.overlay import to_display_uint8
+
+    page = server.get("/lungseg/review")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'src="review/review.js"' in page.text
+    script = server.get("/lungseg/review/review.js")
+    assert script.status_code == 200 and "/datastore/label" in script.text
+    assert server.get("/lungseg/review/main.py").status_code == 404  # only the page's own files
+
+    film = server.get("/lungseg/render", image=CROPPED_ID)
+    assert film.status_code == 200 and film.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(film.content)) as img:
+        assert img.mode == "L"
+        shown = np.asarray(img)
+    # On the masks' grid (rows x columns of the image), windowed as the overlays are.
+    expected = to_display_uint8(read_radiograph(server.studies / f"{CROPPED_ID}.png").pixels)
+    np.testing.assert_array_equal(shown, expected)
+
+    unknown = server.get("/lungseg/render", image="no_such_image")
+    assert unknown.status_code == 404 and "'no_such_image' is not in the datastore" in unknown.json()["detail"]
+    if SHARED_DICOM.is_dir():
+        j2k = server.get("/lungseg/render", image=DICOM_J2K_MONO1.stem)
+        with Image.open(io.BytesIO(j2k.content)) as img:
+            assert img.size == (1841, 1955)
+
+
 def test_twenty_concurrent_infers_all_succeed(server: Server, tmp_path: Path) -> None:
     expected = expected_mask(server.model, server.studies / f"{CROPPED_ID}.png", tmp_path)
     with ThreadPoolExecutor(max_workers=CONCURRENT_REQUESTS) as pool:

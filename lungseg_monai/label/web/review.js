@@ -1,0 +1,376 @@
+// The lungseg_monai review page: one chest film, the lung model's mask over it, a brush to correct
+// it, a button to save it as the image's label. Talks only to the MONAI Label server it came from:
+//   GET  /datastore/?output=all             images and whether they have a label
+//   GET  /lungseg/render?image=ID           the film as a grey PNG on the masks' grid
+//   POST /infer/MODEL?image=ID&output=all   the model's mask (0/1 PNG) and its QC fields
+//   GET  /datastore/label?label=ID&tag=final  the saved label (0/1 PNG)
+//   PUT  /datastore/label?image=ID&tag=final  save (with a PACS: a MANUAL DICOM SEG via STOW-RS)
+// document.body.dataset.state says what the page shows: loading, list, film, mask, saving, saved, error.
+"use strict";
+
+const BASE = location.pathname.replace(/\/lungseg\/review\/?$/, "");
+const LUNG_RGBA = [0, 190, 255];
+const MAX_UNDO = 20;
+
+const $ = (id) => document.getElementById(id);
+const film = $("film");
+const overlay = $("overlay");
+
+const state = {
+  model: null,       // the served model's name (from /info/)
+  images: {},        // id -> {info, labelled}
+  id: null,          // the image shown
+  rows: 0,
+  cols: 0,
+  mask: null,        // Uint8Array rows*cols, 1 = lung
+  source: "",        // where the mask came from: "model", "saved label", "edited"
+  undo: [],
+  tool: "paint",
+  drawing: false,
+  last: null,
+};
+
+function setState(name) { document.body.dataset.state = name; }
+
+function status(text, isError = false) {
+  const el = $("status");
+  el.textContent = text;
+  el.classList.toggle("error", isError);
+  if (isError) setState("error");
+}
+
+async function failure(response) {
+  // The server's reason: MONAI Label answers {"detail": "..."} for 4xx/5xx.
+  let detail = response.statusText;
+  try {
+    const body = await response.json();
+    detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail ?? body);
+  } catch (e) { /* not JSON */ }
+  return new Error(`${response.status}: ${detail}`);
+}
+
+async function fetchOk(url, options) {
+  const response = await fetch(BASE + url, options);
+  if (!response.ok) throw await failure(response);
+  return response;
+}
+
+// --- the image list ---------------------------------------------------------------------------
+
+async function loadList() {
+  const info = await (await fetchOk("/info/")).json();
+  state.model = Object.keys(info.models || {})[0];
+  const datastore = await (await fetchOk("/datastore/?output=all")).json();
+  $("source").textContent = datastore.url ? `PACS: ${datastore.url}` : (datastore.images_dir || "");
+  const list = $("images");
+  list.replaceChildren();
+  state.images = {};
+  for (const [id, entry] of Object.entries(datastore.objects || {})) {
+    const imageInfo = (entry.image && entry.image.info) || {};
+    const labelled = Object.keys(entry.labels || {}).includes("final");
+    state.images[id] = { info: imageInfo, labelled };
+    const li = document.createElement("li");
+    li.dataset.id = id;
+    const badge = document.createElement("span");
+    badge.className = "badge" + (labelled ? " labelled" : "");
+    badge.textContent = labelled ? "labelled" : (imageInfo.Modality || "image");
+    const name = document.createElement("div");
+    name.className = "id";
+    name.textContent = id;
+    li.append(badge, name);
+    li.addEventListener("click", () => openImage(id));
+    list.append(li);
+  }
+  const count = Object.keys(state.images).length;
+  status(count ? `${count} radiograph(s). Pick one.` : "No radiographs in the datastore.");
+  setState("list");
+}
+
+// --- showing a film and a mask ----------------------------------------------------------------
+
+async function decode(blob) {
+  const bitmap = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(bitmap, 0, 0);
+  return { bitmap, data: ctx.getImageData(0, 0, bitmap.width, bitmap.height) };
+}
+
+function fitStage() {
+  // Show the whole film in the stage, keeping its aspect ratio; the canvases keep full resolution.
+  if (!state.cols) return;
+  const stage = $("stage");
+  const scale = Math.min(stage.clientWidth / state.cols, stage.clientHeight / state.rows);
+  for (const canvas of [film, overlay]) {
+    canvas.style.width = `${Math.floor(state.cols * scale)}px`;
+    canvas.style.height = `${Math.floor(state.rows * scale)}px`;
+  }
+}
+
+function drawMask() {
+  const ctx = overlay.getContext("2d");
+  const image = ctx.createImageData(state.cols, state.rows);
+  const alpha = Math.round(2.55 * Number($("opacity").value));
+  const px = image.data;
+  const mask = state.mask;
+  if (mask) {
+    for (let i = 0, j = 0; i < mask.length; i++, j += 4) {
+      if (mask[i]) { px[j] = LUNG_RGBA[0]; px[j + 1] = LUNG_RGBA[1]; px[j + 2] = LUNG_RGBA[2]; px[j + 3] = alpha; }
+    }
+  }
+  ctx.putImageData(image, 0, 0);
+}
+
+function showMask(mask, source) {
+  state.mask = mask;
+  state.source = source;
+  state.undo = [];
+  drawMask();
+  $("undo").disabled = true;
+  $("save").disabled = false;
+  setState("mask");
+}
+
+function maskFromPng(data) {
+  // A 0/1 (or 0/255) grey PNG: any non-zero pixel is lung, as the server reads labels.
+  if (data.width !== state.cols || data.height !== state.rows) {
+    throw new Error(`the mask is ${data.width}x${data.height} but the film is ${state.cols}x${state.rows}`);
+  }
+  const mask = new Uint8Array(state.rows * state.cols);
+  for (let i = 0, j = 0; i < mask.length; i++, j += 4) mask[i] = data.data[j] ? 1 : 0;
+  return mask;
+}
+
+function ohifUrl(study, series) {
+  // OHIF's standard viewer (the build in the monailabel wheel), reading the PACS through /proxy/dicom.
+  const query = `StudyInstanceUIDs=${encodeURIComponent(study)}` +
+    (series ? `&SeriesInstanceUIDs=${encodeURIComponent(series)}` : "");
+  return `${BASE}/ohif/viewer?${query}`;
+}
+
+async function openImage(id) {
+  state.id = id;
+  state.mask = null;
+  for (const li of $("images").children) li.classList.toggle("selected", li.dataset.id === id);
+  $("run").disabled = true;
+  $("save").disabled = true;
+  $("undo").disabled = true;
+  $("qc").replaceChildren();
+  setState("loading");
+  status(`Loading ${id}…`);
+  const info = state.images[id].info;
+  const ohif = $("ohif");
+  ohif.hidden = !info.StudyInstanceUID;
+  if (info.StudyInstanceUID) ohif.href = ohifUrl(info.StudyInstanceUID);
+  $("ohif-overlay").hidden = true;
+  try {
+    const blob = await (await fetchOk(`/lungseg/render?image=${encodeURIComponent(id)}`)).blob();
+    if (state.id !== id) return;  // another image was picked meanwhile
+    const { bitmap } = await decode(blob);
+    state.rows = bitmap.height;
+    state.cols = bitmap.width;
+    for (const canvas of [film, overlay]) { canvas.width = state.cols; canvas.height = state.rows; }
+    film.getContext("2d").drawImage(bitmap, 0, 0);
+    drawMask();
+    fitStage();
+    $("run").disabled = false;
+    setState("film");
+    if (state.images[id].labelled) {
+      await showSavedLabel(id);
+    } else {
+      status(`${id}: ${state.cols}x${state.rows}. Run the model, or paint the lungs.`);
+    }
+  } catch (e) {
+    status(`Cannot show ${id}: ${e.message}`, true);
+  }
+}
+
+async function showSavedLabel(id) {
+  const blob = await (await fetchOk(`/datastore/label?label=${encodeURIComponent(id)}&tag=final`)).blob();
+  if (state.id !== id) return;
+  showMask(maskFromPng((await decode(blob)).data), "saved label");
+  status(`${id}: showing its saved label. Run the model for a new proposal, or correct this one.`);
+}
+
+// --- the model --------------------------------------------------------------------------------
+
+function showQc(params) {
+  const qc = $("qc");
+  const verdict = document.createElement("span");
+  verdict.className = params.qc_status;
+  verdict.textContent = `QC ${params.qc_status}`;
+  const score = typeof params.qc_score === "number" ? params.qc_score.toFixed(2) : params.qc_score;
+  const reasons = (params.qc_reasons || []).join("; ");
+  const details = ` (score ${score}) · lung ${(100 * params.lung_fraction).toFixed(1)}% of the film` +
+    (reasons ? ` · ${reasons}` : "") + ` · ${params.latencies ? params.latencies.total + " s" : ""}`;
+  qc.replaceChildren(verdict, document.createTextNode(details));
+}
+
+async function runModel() {
+  const id = state.id;
+  $("run").disabled = true;
+  setState("running");
+  status(`Running the lung model on ${id}…`);
+  try {
+    const form = new FormData();
+    form.append("params", JSON.stringify({ result_extension: ".png" }));
+    const url = `/infer/${encodeURIComponent(state.model)}?image=${encodeURIComponent(id)}&output=all`;
+    const parts = await (await fetchOk(url, { method: "POST", body: form })).formData();
+    const rawParams = parts.get("params");
+    const params = JSON.parse(typeof rawParams === "string" ? rawParams : await rawParams.text());
+    const mask = maskFromPng((await decode(parts.get("image"))).data);
+    if (state.id !== id) return;
+    showMask(mask, "model");
+    showQc(params);
+    status(`${id}: the model's lung mask. Correct it with the brush, then save it.`);
+  } catch (e) {
+    status(`The model could not segment ${id}: ${e.message}`, true);
+  } finally {
+    $("run").disabled = false;
+  }
+}
+
+// --- the brush --------------------------------------------------------------------------------
+
+function imagePoint(event) {
+  const rect = overlay.getBoundingClientRect();
+  return {
+    x: ((event.clientX - rect.left) * state.cols) / rect.width,
+    y: ((event.clientY - rect.top) * state.rows) / rect.height,
+  };
+}
+
+function brushRadius() {
+  // The slider is in screen pixels; the brush works on the film's grid.
+  const rect = overlay.getBoundingClientRect();
+  return Math.max(1, (Number($("radius").value) * state.cols) / Math.max(rect.width, 1));
+}
+
+function stamp(cx, cy, radius, value) {
+  const r2 = radius * radius;
+  const y0 = Math.max(0, Math.floor(cy - radius)), y1 = Math.min(state.rows - 1, Math.ceil(cy + radius));
+  const x0 = Math.max(0, Math.floor(cx - radius)), x1 = Math.min(state.cols - 1, Math.ceil(cx + radius));
+  for (let y = y0; y <= y1; y++) {
+    for (let x = x0; x <= x1; x++) {
+      const dx = x + 0.5 - cx, dy = y + 0.5 - cy;
+      if (dx * dx + dy * dy <= r2) state.mask[y * state.cols + x] = value;
+    }
+  }
+}
+
+function strokeTo(point) {
+  const radius = brushRadius();
+  const value = state.tool === "paint" ? 1 : 0;
+  const from = state.last || point;
+  const steps = Math.max(1, Math.ceil(Math.hypot(point.x - from.x, point.y - from.y) / (radius / 2)));
+  for (let i = 1; i <= steps; i++) {
+    stamp(from.x + ((point.x - from.x) * i) / steps, from.y + ((point.y - from.y) * i) / steps, radius, value);
+  }
+  state.last = point;
+  drawMask();
+}
+
+overlay.addEventListener("pointerdown", (event) => {
+  if (!state.cols || state.id === null) return;
+  if (!state.mask) state.mask = new Uint8Array(state.rows * state.cols);
+  state.undo.push(state.mask.slice());
+  if (state.undo.length > MAX_UNDO) state.undo.shift();
+  state.drawing = true;
+  state.last = null;
+  overlay.setPointerCapture(event.pointerId);
+  strokeTo(imagePoint(event));
+});
+overlay.addEventListener("pointermove", (event) => { if (state.drawing) strokeTo(imagePoint(event)); });
+const endStroke = () => {
+  if (!state.drawing) return;
+  state.drawing = false;
+  state.source = "edited";
+  $("undo").disabled = state.undo.length === 0;
+  $("save").disabled = false;
+  setState("mask");
+  status(`${state.id}: edited. Save the label when it is right.`);
+};
+overlay.addEventListener("pointerup", endStroke);
+overlay.addEventListener("pointercancel", endStroke);
+
+function undo() {
+  if (!state.undo.length) return;
+  state.mask = state.undo.pop();
+  drawMask();
+  $("undo").disabled = state.undo.length === 0;
+}
+
+function selectTool(tool) {
+  state.tool = tool;
+  $("paint").classList.toggle("active", tool === "paint");
+  $("erase").classList.toggle("active", tool === "erase");
+}
+
+// --- saving -----------------------------------------------------------------------------------
+
+function maskPng() {
+  const canvas = document.createElement("canvas");
+  canvas.width = state.cols;
+  canvas.height = state.rows;
+  const ctx = canvas.getContext("2d");
+  const image = ctx.createImageData(state.cols, state.rows);
+  const mask = state.mask || new Uint8Array(state.rows * state.cols);
+  for (let i = 0, j = 0; i < mask.length; i++, j += 4) {
+    const v = mask[i] ? 255 : 0;
+    image.data[j] = v; image.data[j + 1] = v; image.data[j + 2] = v; image.data[j + 3] = 255;
+  }
+  ctx.putImageData(image, 0, 0);
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+}
+
+async function save() {
+  const id = state.id;
+  $("save").disabled = true;
+  setState("saving");
+  status(`Saving the label of ${id}…`);
+  try {
+    const form = new FormData();
+    form.append("label", await maskPng(), `${id}.png`);
+    const url = `/datastore/label?image=${encodeURIComponent(id)}&tag=final`;
+    const answer = await (await fetchOk(url, { method: "PUT", body: form })).json();
+    const info = (answer && answer.label_info) || {};
+    const seg = info.SOPInstanceUID;
+    let overlayNote = "";
+    if (info.overlay_series_instance_uid) {
+      const link = $("ohif-overlay");
+      link.href = ohifUrl(info.StudyInstanceUID, info.overlay_series_instance_uid);
+      link.hidden = false;
+      overlayNote = ` Its overlay (Secondary Capture ${info.overlay_sop_instance_uid}) is in the study for viewers.`;
+    } else if (info.overlay_error) {
+      overlayNote = ` Its overlay was NOT stored: ${info.overlay_error}`;
+    }
+    state.images[id].labelled = true;
+    const li = [...$("images").children].find((el) => el.dataset.id === id);
+    if (li) { const badge = li.querySelector(".badge"); badge.textContent = "labelled"; badge.classList.add("labelled"); }
+    status(seg ? `Saved: DICOM SEG ${seg} stored in the PACS.${overlayNote}` : `Saved: the label of ${id}.`);
+    document.body.dataset.savedSeg = seg || "";
+    setState("saved");
+  } catch (e) {
+    status(`The label of ${id} was NOT saved: ${e.message}`, true);
+  } finally {
+    $("save").disabled = false;
+  }
+}
+
+// --- wiring -----------------------------------------------------------------------------------
+
+$("run").addEventListener("click", runModel);
+$("save").addEventListener("click", save);
+$("undo").addEventListener("click", undo);
+$("paint").addEventListener("click", () => selectTool("paint"));
+$("erase").addEventListener("click", () => selectTool("erase"));
+$("opacity").addEventListener("input", drawMask);
+new ResizeObserver(fitStage).observe($("stage"));  // the window, or the status and QC lines above it
+window.addEventListener("keydown", (event) => {
+  if (event.target instanceof HTMLInputElement) return;
+  if (event.key === "p") selectTool("paint");
+  else if (event.key === "e") selectTool("erase");
+  else if (event.key === "z" && (event.ctrlKey || event.metaKey)) undo();
+});
+
+loadList().catch((e) => status(`Cannot list the images: ${e.message}`, true));
