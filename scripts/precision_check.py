@@ -10,6 +10,7 @@ Example::
 
     python scripts/precision_check.py bundles/lung_cxr_segmentation/models/model.pt \\
         ../shared/data/cxr_lung/images --masks ../shared/data/cxr_lung/masks --every 4 --layers
+    python scripts/precision_check.py runs/r50/models/model.pt --split runs/r50/models/datalist_split.json
 """
 
 from __future__ import annotations
@@ -86,13 +87,26 @@ def layer_errors(
     return errors
 
 
+def folder_pairs(images: Path, masks: Path | None, every: int) -> list[tuple[Path, Path | None]]:
+    """(image, reference mask or None) for every ``every``-th image of a folder, by name."""
+    files = sorted(p for p in images.iterdir() if p.is_file() and not p.name.startswith("."))[::every]
+    return [(f, masks / f.name if masks is not None else None) for f in files]
+
+
+def split_pairs(split_file: Path, part: str) -> list[tuple[Path, Path | None]]:
+    """(image, label) of one part (``test``, ``validation`` ...) of a bundle's ``models/datalist_split.json``."""
+    entries = json.loads(split_file.read_text())[part]
+    return [(Path(e["image"]), Path(e["label"]) if e.get("label") else None) for e in entries]
+
+
 def compare(
-    model: Path, images: Path, masks: Path | None, precision: str, every: int, batch_size: int, layers: bool
+    model: Path, pairs: list[tuple[Path, Path | None]], precision: str, batch_size: int, layers: bool
 ) -> dict[str, Any]:
-    """Agreement of ``precision`` with fp32 over the images of a folder (every ``every``-th, by name)."""
+    """Agreement of ``precision`` with fp32 over (image, reference mask or None) pairs."""
     reference = LungSegmenter.from_model(model, device="cpu", precision=REFERENCE_PRECISION)
     other = LungSegmenter.from_model(model, device="cpu", precision=precision)
-    files = sorted(p for p in images.iterdir() if p.is_file() and not p.name.startswith("."))[::every]
+    files = [image for image, _ in pairs]
+    truths = dict(pairs)
     rows: list[dict[str, Any]] = []
     seconds = {REFERENCE_PRECISION: 0.0, other.precision.name: 0.0}
     blocks: list[tuple[str, float, float]] = []
@@ -116,7 +130,7 @@ def compare(
                 "flipped_pixels": int((ref_mask != other_mask).sum()),
                 "max_probability_difference": float((ref_probs[i] - other_probs[i]).abs().max()),
             }
-            truth_path = masks / path.name if masks is not None else None
+            truth_path = truths[path]
             if truth_path is not None and truth_path.is_file():
                 truth = read_mask(truth_path).pixels > 0
                 row["test_dice_" + REFERENCE_PRECISION] = dice(ref_mask, truth)
@@ -155,17 +169,25 @@ def summary_table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="models/model.pt (model.json beside it) or model.ts")
-    parser.add_argument("images", type=Path, help="folder of radiographs")
+    parser.add_argument("images", type=Path, nargs="?", help="folder of radiographs (or give --split)")
     parser.add_argument("--masks", type=Path, default=None, help="folder of reference masks named like the images")
     parser.add_argument("--precision", choices=LOW_PRECISIONS, default="bf16")
     parser.add_argument("--every", type=int, default=1, help="use every N-th image (sorted by name)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--layers", action="store_true", help="also report per-block relative errors (first batch)")
     parser.add_argument("--json", type=Path, default=None, help="also write the per-image numbers here")
+    parser.add_argument(
+        "--split", type=Path, default=None, help="a bundle's models/datalist_split.json: use its --part images and labels"
+    )
+    parser.add_argument("--part", default="test", help="part of --split to use (default: test)")
     args = parser.parse_args(argv)
-    if not args.images.is_dir():
-        parser.error(f"images folder '{args.images}' does not exist")
-    result = compare(args.model, args.images, args.masks, args.precision, args.every, args.batch_size, args.layers)
+    if args.split is not None:
+        pairs = split_pairs(args.split, args.part)[:: args.every]
+    elif args.images is None or not args.images.is_dir():
+        parser.error(f"images folder '{args.images}' does not exist (give a folder or --split)")
+    else:
+        pairs = folder_pairs(args.images, args.masks, args.every)
+    result = compare(args.model, pairs, args.precision, args.batch_size, args.layers)
     print(summary_table(result))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))

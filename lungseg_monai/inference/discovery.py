@@ -22,6 +22,7 @@ import pydicom
 
 from lungseg_monai.data import file_stem
 from lungseg_monai.io import NON_IMAGE_MODALITIES, SUPPORTED_SUFFIXES, is_dicom_file
+from lungseg_monai.outputs.dicom_header import MANUFACTURER
 from lungseg_monai.qc.input import check_dicom_header, sop_class_uid
 
 __all__ = [
@@ -111,8 +112,9 @@ class _DicomHeader:
 def classify_dicom(ds: pydicom.Dataset, check_headers: bool = True) -> str | None:
     """Why a DICOM object is not a chest radiograph to segment, or None when it is one.
 
-    Objects without an image (SR, PR, KO, SEG, DICOMDIR, no PixelData) and lateral views are
-    always skipped. With ``check_headers``, so is every image whose header names another modality,
+    Objects without an image (SR, PR, KO, SEG, DICOMDIR, no PixelData), lateral views and this
+    package's own derived images (the overlay Secondary Captures, Manufacturer ``lungseg_monai``)
+    are always skipped. With ``check_headers``, so is every image whose header names another modality,
     SOP class or body part (:func:`lungseg_monai.qc.input.check_dicom_header`).
 
     Args:
@@ -133,10 +135,18 @@ def classify_dicom(ds: pydicom.Dataset, check_headers: bool = True) -> str | Non
         return f"{modality} object without an image (structured report, presentation state, key object, SEG ...)"
     if "PixelData" not in ds:
         return f"DICOM object without pixel data (Modality {modality or 'not given'}); nothing to segment"
+    if str(ds.get("Manufacturer", "")).strip() == MANUFACTURER and "DERIVED" in _image_type(ds):
+        return f"a {MANUFACTURER} result (series '{ds.get('SeriesDescription', '')}'), not a radiograph"
     view = str(ds.get("ViewPosition", "")).strip().upper()
     if view in LATERAL_VIEW_POSITIONS:
         return f"lateral view (ViewPosition {view}); the model segments frontal (PA/AP) films"
     return check_dicom_header(ds) if check_headers else None
+
+
+def _image_type(ds: pydicom.Dataset) -> list[str]:
+    value = ds.get("ImageType", [])
+    values = [value] if isinstance(value, str) else list(value or [])
+    return [str(v).strip().upper() for v in values]
 
 
 def read_dicom_header(path: str | os.PathLike) -> pydicom.Dataset:

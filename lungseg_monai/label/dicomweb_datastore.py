@@ -381,6 +381,12 @@ class DicomwebDatastore(Datastore):
         uri = self.get_label_uri(label_id, label_tag)
         return io.BytesIO(Path(uri).read_bytes()) if uri else None
 
+    def saved_label_info(self, image_id: str) -> dict[str, Any]:
+        """The info of the label :meth:`save_label` just stored, without asking the PACS again."""
+        with self._lock:
+            label = self._labels.get(image_id)
+            return {**(label.info() if label else {}), **self._label_info.get(image_id, {})}
+
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
         label = self.seg_label(label_id) if label_tag == _FINAL else None
         return {**(label.info() if label else {}), **self._label_info.get(label_id, {})}
@@ -452,33 +458,35 @@ class DicomwebDatastore(Datastore):
         The label is saved either way: an overlay the PACS does not take is logged and reported in
         the label's info (``overlay_error``), not raised.
         """
-        pixels = read_radiograph(image_path).pixels
-        sc = make_overlay_sc(
-            source,
-            overlay_contours(pixels, mask),
-            identity="",
-            series_instance_uid=derived_uid(ref.study_uid, ref.series_uid, MANUAL_OVERLAY_KIND),
-            sop_instance_uid=derived_uid(seg_sop_uid, MANUAL_OVERLAY_KIND),
-            series_description=MANUAL_OVERLAY_SERIES_DESCRIPTION,
-            series_number=MANUAL_OVERLAY_SERIES_NUMBER,
-            derivation_description=f"Lung contour (red) of the label saved as DICOM SEG {seg_sop_uid}, drawn over "
-            "the radiograph",
-        )
-        sc_path = self.cache / "overlays" / f"{sc.SOPInstanceUID}.dcm"
-        sc_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(sc_path) as tmp:
-            sc.save_as(str(tmp))
+        sc_path = None
         try:
+            pixels = read_radiograph(image_path).pixels
+            sc = make_overlay_sc(
+                source,
+                overlay_contours(pixels, mask),
+                identity="",
+                series_instance_uid=derived_uid(ref.study_uid, ref.series_uid, MANUAL_OVERLAY_KIND),
+                sop_instance_uid=derived_uid(seg_sop_uid, MANUAL_OVERLAY_KIND),
+                series_description=MANUAL_OVERLAY_SERIES_DESCRIPTION,
+                series_number=MANUAL_OVERLAY_SERIES_NUMBER,
+                derivation_description=f"Lung contour (red) of the label saved as DICOM SEG {seg_sop_uid}, drawn "
+                "over the radiograph",
+            )
+            sc_path = self.cache / "overlays" / f"{sc.SOPInstanceUID}.dcm"
+            sc_path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(sc_path) as tmp:
+                sc.save_as(str(tmp))
             result = stow(self.url, [sc_path], self.session)
             error = "" if result.ok else next(iter(result.failed.values()))
-        except DicomwebError as e:
-            error = str(e)
+        except Exception as e:  # noqa: BLE001 - the SEG is stored: nothing here may turn the save into a failure
+            error = f"{type(e).__name__}: {e}"
         finally:
-            sc_path.unlink(missing_ok=True)
+            if sc_path is not None:
+                sc_path.unlink(missing_ok=True)
         with self._lock:
             info = self._label_info.setdefault(ref.sop_uid, {})
-            info.pop("overlay_error", None)
-            info.pop("overlay_sop_instance_uid", None)
+            for key in ("overlay_error", "overlay_sop_instance_uid", "overlay_series_instance_uid"):
+                info.pop(key, None)
             if error:
                 info["overlay_error"] = error
             else:

@@ -20,6 +20,11 @@ Routes (all with MONAI Label's user-role check):
 - ``GET /lungseg/render?image=ID``: the film as an 8-bit grey PNG on the grid of the masks the
   app returns (decoded by the project's readers: JPEG 2000, JPEG-LS, MONOCHROME1 ... displayed as
   MONOCHROME2, 1st-99th percentile window).
+- ``GET /lungseg/label?image=ID``: the image's saved label as a 0/255 PNG, whatever it was saved
+  as (a PNG from this page, an NRRD or NIfTI from 3D Slicer, a SEG in the PACS); 404 without one.
+
+The page needs no login: with MONAI Label's authentication on (``MONAI_LABEL_AUTH_ENABLE``) its
+requests carry no token and are refused (401); use it on a trusted network, as the server itself.
 """
 
 from __future__ import annotations
@@ -28,16 +33,17 @@ import io
 import logging
 from pathlib import Path
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import FileResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from lungseg_monai.io import RadiographReadError, read_radiograph
+from lungseg_monai.io import RadiographReadError, read_mask, read_radiograph
 from lungseg_monai.label.errors import BadRequestError, ImageNotFoundError, LabelRequestError
 from lungseg_monai.outputs.overlay import to_display_uint8
 
-__all__ = ["WEB_DIR", "ASSETS", "render_png", "review_router", "install_review_page"]
+__all__ = ["WEB_DIR", "ASSETS", "render_png", "label_png", "review_router", "install_review_page"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ ASSETS = {
     "review.js": "text/javascript",
     "review.css": "text/css",
 }
+_FINAL = "final"  # MONAI Label's tag of a saved label
 # Fast PNG encoding: the film goes to a browser on the same network, once per image opened.
 _RENDER_PNG_COMPRESSION = 1
 
@@ -61,11 +68,26 @@ def render_png(image_path: str | Path) -> bytes:
         radiograph = read_radiograph(image_path)
     except RadiographReadError as e:
         raise BadRequestError(f"cannot display '{Path(image_path).name}': {e.reason}") from e
+    return _png(to_display_uint8(radiograph.pixels))
+
+
+def _png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(to_display_uint8(radiograph.pixels), mode="L").save(
-        buffer, format="PNG", compress_level=_RENDER_PNG_COMPRESSION
-    )
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG", compress_level=_RENDER_PNG_COMPRESSION)
     return buffer.getvalue()
+
+
+def label_png(label_path: str | Path) -> bytes:
+    """A saved label (any mask format :func:`~lungseg_monai.io.read_mask` reads) as a 0/255 grey PNG.
+
+    Raises:
+        BadRequestError: the label file cannot be read as a mask.
+    """
+    try:
+        mask = read_mask(label_path)
+    except RadiographReadError as e:
+        raise BadRequestError(f"the saved label '{Path(label_path).name}' cannot be read: {e.reason}") from e
+    return _png(mask.pixels.astype(np.uint8) * 255)
 
 
 def _image_path(image_id: str) -> str:
@@ -79,6 +101,18 @@ def _image_path(image_id: str) -> str:
 
 def _render(image_id: str) -> bytes:
     return render_png(_image_path(image_id))
+
+
+def _label(image_id: str) -> bytes:
+    from monailabel.interfaces.utils.app import app_instance
+
+    _image_path(image_id)  # 404 for an image that is not in the datastore
+    datastore = app_instance().datastore()
+    label_id = datastore.get_label_by_image_id(image_id, _FINAL)
+    path = datastore.get_label_uri(label_id, _FINAL) if label_id else ""
+    if not path:
+        raise LabelRequestError(404, f"image '{image_id}' has no saved label (tag '{_FINAL}')")
+    return label_png(path)
 
 
 def review_router() -> APIRouter:
@@ -103,6 +137,12 @@ def review_router() -> APIRouter:
     async def render(image: str, user=role) -> Response:  # noqa: ANN001 - a Depends
         """The film ``image`` (a datastore image id) as an 8-bit grey PNG, on the masks' grid."""
         content = await run_in_threadpool(_render, image)
+        return Response(content=content, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @router.get("/label")
+    async def label(image: str, user=role) -> Response:  # noqa: ANN001 - a Depends
+        """The saved label of ``image`` as a 0/255 grey PNG on the image's grid."""
+        content = await run_in_threadpool(_label, image)
         return Response(content=content, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     return router

@@ -163,6 +163,13 @@ class LungSegLabelApp(MONAILabelApp):
             install_dicomweb_proxy(app)
 
     def on_save_label(self, image_id: str, label_id: str) -> dict[str, Any]:
-        """The answer to ``PUT /datastore/label`` also gives the stored label's info (for a PACS: its SEG's UIDs)."""
+        """The answer to ``PUT /datastore/label`` also gives the stored label's info (for a PACS: its SEG's UIDs).
+
+        For a PACS it is what the save itself learnt: a listing that fails right after the SEG was
+        stored must not turn the stored label into an error answer.
+        """
         super().on_save_label(image_id, label_id)
-        return {"label_info": self.datastore().get_label_info(label_id, "final")}
+        datastore = self.datastore()
+        if isinstance(datastore, DicomwebDatastore):
+            return {"label_info": datastore.saved_label_info(label_id)}
+        return {"label_info": datastore.get_label_info(label_id, "final")}

@@ -145,6 +145,12 @@ def _drag(browser: Any, element: Any, points: list[tuple[float, float]]) -> None
     actions.release().perform()
 
 
+def _wait_stroke(session: Session, strokes: int) -> None:
+    """Wait until the page has taken ``strokes`` brush strokes since the model's mask (each one undoable)."""
+    script = "return !state.drawing && state.source === 'edited' && state.undo.length"
+    _wait(session, f"{strokes} brush stroke(s)", lambda: session.browser.execute_script(script) == strokes)
+
+
 def _find(orthanc: Orthanc, **query: str) -> list[dict[str, Any]]:
     found = orthanc.post("/tools/find", json.dumps({"Level": "Instance", "Query": query}))
     return [orthanc.get(f"/instances/{orthanc_id}/simplified-tags") | {"ID": orthanc_id} for orthanc_id in found]
@@ -197,6 +203,7 @@ def test_run_model_draws_the_lungseg_infer_mask_over_the_film_with_its_qc(sessio
 
     browser = session.browser
     browser.find_element(By.ID, "run").click()
+    _wait_state(session, "running", "mask")
     _wait(session, "the model's mask", lambda: browser.execute_script("return state.source") == "model")
     mask = _page_mask(browser)
     np.testing.assert_array_equal(mask, expected_mask(session.server.model, DICOM_J2K_MONO1, tmp_path / "expected"))
@@ -218,13 +225,13 @@ def test_corrected_mask_saved_is_one_manual_seg_in_orthanc_equal_to_what_the_pag
     overlay = browser.find_element(By.ID, "overlay")
     browser.find_element(By.ID, "erase").click()
     _drag(browser, overlay, [(-0.25, -0.1), (-0.2, 0.0), (-0.15, 0.1)])
-    _wait_state(session, "mask")
+    _wait_stroke(session, 1)
     erased = _page_mask(browser)
     assert erased.sum() < before.sum()
     assert not (erased > before).any(), "erasing added lung"
     browser.find_element(By.ID, "paint").click()
     _drag(browser, overlay, [(-0.2, 0.0), (-0.18, 0.02)])  # back over part of the erased stroke
-    _wait_state(session, "mask")
+    _wait_stroke(session, 2)
     edited = _page_mask(browser)
     assert (edited > erased).any(), "painting added no lung"
     assert browser.execute_script("return state.source") == "edited"
@@ -255,8 +262,12 @@ def test_corrected_mask_saved_is_one_manual_seg_in_orthanc_equal_to_what_the_pag
     overlay_link = browser.find_element(By.ID, "ohif-overlay")
     assert overlay_link.is_displayed() and sc_file.SeriesInstanceUID in overlay_link.get_attribute("href")
 
-    # Reopened, the page shows the label as the PACS holds it.
+    # Reopened, the page shows the label as the PACS holds it, and lists the same films (the overlay
+    # now in the study is our own result, not a film to label).
     _open_review(session)
+    listed = {li.get_attribute("data-id") for li in browser.find_elements(By.CSS_SELECTOR, "#images li")}
+    film_uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in session.films}
+    assert listed == {*film_uids, source_uid}
     _open_image(session, source_uid)
     _wait(session, "the saved label", lambda: browser.execute_script("return state.source") == "saved label")
     np.testing.assert_array_equal(_page_mask(browser), edited)
@@ -296,3 +307,18 @@ def test_ohif_renders_the_jpeg2000_film_and_the_saved_overlay(session: Session) 
 
     _wait(session, "OHIF to show the saved overlay's red lung contour", _rendered(session, red_contour), timeout_s=180)
     screenshot(browser, "ohif_2_saved_overlay")
+
+
+def test_saving_while_the_pacs_is_down_says_not_saved_with_the_reason(session: Session) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser = session.browser
+    _open_review(session)
+    _open_image(session, str(session.j2k.SOPInstanceUID))  # in the server's cache: still shown
+    _wait(session, "the saved label", lambda: browser.execute_script("return state.source") == "saved label")
+    session.orthanc.stop()
+    browser.find_element(By.ID, "save").click()
+    _wait_state(session, "error")
+    status = browser.find_element(By.ID, "status").text
+    assert "was NOT saved" in status and "502" in status and "cannot reach the DICOMweb server" in status, status
+    screenshot(browser, "review_5_pacs_down")

@@ -221,6 +221,14 @@ def test_review_page_and_its_film_rendering_on_a_folder(server: Server) -> None:
     expected = to_display_uint8(read_radiograph(server.studies / f"{CROPPED_ID}.png").pixels)
     np.testing.assert_array_equal(shown, expected)
 
+    # The saved label (test_saved_label_reads_back_unchanged) as the page shows it: 0/255 on the image's grid.
+    label = server.get("/lungseg/label", image=CROPPED_ID)
+    assert label.status_code == 200 and label.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(label.content)) as img:
+        np.testing.assert_array_equal(np.asarray(img), _real_cropped_mask() * 255)
+    unlabelled = server.get("/lungseg/label", image=PNG_ID)
+    assert unlabelled.status_code == 404 and f"image '{PNG_ID}' has no saved label" in unlabelled.json()["detail"]
+
     unknown = server.get("/lungseg/render", image="no_such_image")
     assert unknown.status_code == 404 and "'no_such_image' is not in the datastore" in unknown.json()["detail"]
     if SHARED_DICOM.is_dir():

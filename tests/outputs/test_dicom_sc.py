@@ -14,6 +14,7 @@ from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, require_shared
 from dicom_factory import synthetic_lung_mask
 from stub_segmenter import stub_segmenter
 
+from lungseg_monai.inference.discovery import classify_dicom, read_dicom_header
 from lungseg_monai.inference.runner import segment_files
 from lungseg_monai.io import read_radiograph
 from lungseg_monai.outputs.dicom_sc import make_overlay_sc, save_overlay_sc
@@ -58,6 +59,10 @@ def test_overlay_sc_has_the_source_grid_study_and_reference(
         source.SOPClassUID,
         source.SOPInstanceUID,
     )
+    # Our own overlay sent back to us (a PACS routing rule, a DICOMweb listing) is not segmented again.
+    assert classify_dicom(read_dicom_header(source_path)) is None
+    assert "lungseg_monai result" in classify_dicom(sc)
+    assert "lungseg_monai result" in classify_dicom(sc, check_headers=False)
     assert reference.PurposeOfReferenceCodeSequence[0].CodeValue == "121322"
     assert IDENTITY in sc.DerivationDescription
     # The source's orientation and (positive) spacing, nothing invented: the CR says PixelSpacing 0\0.

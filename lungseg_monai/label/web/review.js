@@ -3,9 +3,11 @@
 //   GET  /datastore/?output=all             images and whether they have a label
 //   GET  /lungseg/render?image=ID           the film as a grey PNG on the masks' grid
 //   POST /infer/MODEL?image=ID&output=all   the model's mask (0/1 PNG) and its QC fields
-//   GET  /datastore/label?label=ID&tag=final  the saved label (0/1 PNG)
+//   GET  /lungseg/label?image=ID            the saved label as a 0/255 PNG (whatever format it was saved in)
 //   PUT  /datastore/label?image=ID&tag=final  save (with a PACS: a MANUAL DICOM SEG via STOW-RS)
-// document.body.dataset.state says what the page shows: loading, list, film, mask, saving, saved, error.
+// document.body.dataset.state says what the page shows: loading, list, film, running, mask, saving,
+// saved, error. Every answer is checked against the image it was asked for: a film opened meanwhile
+// is never given another film's mask.
 "use strict";
 
 const BASE = location.pathname.replace(/\/lungseg\/review\/?$/, "");
@@ -17,6 +19,8 @@ const film = $("film");
 const overlay = $("overlay");
 
 const state = {
+  token: 0,          // incremented whenever another film is opened; stale answers are dropped
+  busy: false,       // the model is running: the brush is off
   model: null,       // the served model's name (from /info/)
   images: {},        // id -> {info, labelled}
   id: null,          // the image shown
@@ -31,6 +35,10 @@ const state = {
 };
 
 function setState(name) { document.body.dataset.state = name; }
+
+function isCurrent(token) { return token === state.token; }
+
+function enableSave() { $("save").disabled = !state.mask || state.busy; }
 
 function status(text, isError = false) {
   const el = $("status");
@@ -68,7 +76,10 @@ async function loadList() {
   for (const [id, entry] of Object.entries(datastore.objects || {})) {
     const imageInfo = (entry.image && entry.image.info) || {};
     const labelled = Object.keys(entry.labels || {}).includes("final");
-    state.images[id] = { info: imageInfo, labelled };
+    // With a PACS, whose SEG the label is: a person's (MANUAL) or a model's (AUTOMATIC).
+    const algorithm = labelled && entry.labels.final.info ? entry.labels.final.info.SegmentAlgorithmType : "";
+    const labelKind = { MANUAL: "a person's, MANUAL SEG", AUTOMATIC: "a model's, AUTOMATIC SEG" }[algorithm] || "";
+    state.images[id] = { info: imageInfo, labelled, labelKind };
     const li = document.createElement("li");
     li.dataset.id = id;
     const badge = document.createElement("span");
@@ -107,6 +118,14 @@ function fitStage() {
   }
 }
 
+let drawPending = false;
+function scheduleDraw() {
+  // Brush strokes redraw at most once per frame (a 3000x3000 DX film is 9 M pixels).
+  if (drawPending) return;
+  drawPending = true;
+  requestAnimationFrame(() => { drawPending = false; drawMask(); });
+}
+
 function drawMask() {
   const ctx = overlay.getContext("2d");
   const image = ctx.createImageData(state.cols, state.rows);
@@ -122,13 +141,19 @@ function drawMask() {
 }
 
 function showMask(mask, source) {
+  // A mask shown over the current one can be undone (edits are never lost to a model run).
+  if (state.mask) pushUndo();
   state.mask = mask;
   state.source = source;
-  state.undo = [];
   drawMask();
-  $("undo").disabled = true;
-  $("save").disabled = false;
+  $("undo").disabled = state.undo.length === 0;
+  enableSave();
   setState("mask");
+}
+
+function pushUndo() {
+  state.undo.push(state.mask.slice());
+  if (state.undo.length > MAX_UNDO) state.undo.shift();
 }
 
 function maskFromPng(data) {
@@ -149,12 +174,10 @@ function ohifUrl(study, series) {
 }
 
 async function openImage(id) {
-  state.id = id;
-  state.mask = null;
+  const token = ++state.token;
+  Object.assign(state, { id, mask: null, rows: 0, cols: 0, undo: [], source: "", drawing: false, busy: false });
   for (const li of $("images").children) li.classList.toggle("selected", li.dataset.id === id);
-  $("run").disabled = true;
-  $("save").disabled = true;
-  $("undo").disabled = true;
+  for (const button of ["run", "save", "undo"]) $(button).disabled = true;
   $("qc").replaceChildren();
   setState("loading");
   status(`Loading ${id}…`);
@@ -165,31 +188,35 @@ async function openImage(id) {
   $("ohif-overlay").hidden = true;
   try {
     const blob = await (await fetchOk(`/lungseg/render?image=${encodeURIComponent(id)}`)).blob();
-    if (state.id !== id) return;  // another image was picked meanwhile
+    if (!isCurrent(token)) return;  // another film was opened meanwhile
     const { bitmap } = await decode(blob);
+    if (!isCurrent(token)) return;
+    for (const canvas of [film, overlay]) { canvas.width = bitmap.width; canvas.height = bitmap.height; }
+    film.getContext("2d").drawImage(bitmap, 0, 0);
     state.rows = bitmap.height;
     state.cols = bitmap.width;
-    for (const canvas of [film, overlay]) { canvas.width = state.cols; canvas.height = state.rows; }
-    film.getContext("2d").drawImage(bitmap, 0, 0);
     drawMask();
     fitStage();
     $("run").disabled = false;
     setState("film");
     if (state.images[id].labelled) {
-      await showSavedLabel(id);
+      await showSavedLabel(id, token);
     } else {
       status(`${id}: ${state.cols}x${state.rows}. Run the model, or paint the lungs.`);
     }
   } catch (e) {
-    status(`Cannot show ${id}: ${e.message}`, true);
+    if (isCurrent(token)) status(`Cannot show ${id}: ${e.message}`, true);
   }
 }
 
-async function showSavedLabel(id) {
-  const blob = await (await fetchOk(`/datastore/label?label=${encodeURIComponent(id)}&tag=final`)).blob();
-  if (state.id !== id) return;
-  showMask(maskFromPng((await decode(blob)).data), "saved label");
-  status(`${id}: showing its saved label. Run the model for a new proposal, or correct this one.`);
+async function showSavedLabel(id, token) {
+  const blob = await (await fetchOk(`/lungseg/label?image=${encodeURIComponent(id)}`)).blob();
+  if (!isCurrent(token)) return;
+  const { data } = await decode(blob);
+  if (!isCurrent(token)) return;
+  showMask(maskFromPng(data), "saved label");
+  const kind = state.images[id].labelKind;
+  status(`${id}: showing its saved label${kind ? ` (${kind})` : ""}. Run the model for a new proposal, or correct it.`);
 }
 
 // --- the model --------------------------------------------------------------------------------
@@ -199,7 +226,7 @@ function showQc(params) {
   const verdict = document.createElement("span");
   verdict.className = params.qc_status;
   verdict.textContent = `QC ${params.qc_status}`;
-  const score = typeof params.qc_score === "number" ? params.qc_score.toFixed(2) : params.qc_score;
+  const score = typeof params.qc_score === "number" ? params.qc_score.toFixed(2) : "not available";
   const reasons = (params.qc_reasons || []).join("; ");
   const details = ` (score ${score}) · lung ${(100 * params.lung_fraction).toFixed(1)}% of the film` +
     (reasons ? ` · ${reasons}` : "") + ` · ${params.latencies ? params.latencies.total + " s" : ""}`;
@@ -208,7 +235,10 @@ function showQc(params) {
 
 async function runModel() {
   const id = state.id;
+  const token = state.token;
+  state.busy = true;
   $("run").disabled = true;
+  enableSave();
   setState("running");
   status(`Running the lung model on ${id}…`);
   try {
@@ -216,17 +246,23 @@ async function runModel() {
     form.append("params", JSON.stringify({ result_extension: ".png" }));
     const url = `/infer/${encodeURIComponent(state.model)}?image=${encodeURIComponent(id)}&output=all`;
     const parts = await (await fetchOk(url, { method: "POST", body: form })).formData();
+    if (!isCurrent(token)) return;
     const rawParams = parts.get("params");
     const params = JSON.parse(typeof rawParams === "string" ? rawParams : await rawParams.text());
-    const mask = maskFromPng((await decode(parts.get("image"))).data);
-    if (state.id !== id) return;
-    showMask(mask, "model");
+    const { data } = await decode(parts.get("image"));
+    if (!isCurrent(token)) return;
+    state.busy = false;
+    showMask(maskFromPng(data), "model");
     showQc(params);
     status(`${id}: the model's lung mask. Correct it with the brush, then save it.`);
   } catch (e) {
-    status(`The model could not segment ${id}: ${e.message}`, true);
+    if (isCurrent(token)) status(`The model could not segment ${id}: ${e.message}`, true);
   } finally {
-    $("run").disabled = false;
+    if (isCurrent(token)) {
+      state.busy = false;
+      $("run").disabled = false;
+      enableSave();
+    }
   }
 }
 
@@ -267,14 +303,14 @@ function strokeTo(point) {
     stamp(from.x + ((point.x - from.x) * i) / steps, from.y + ((point.y - from.y) * i) / steps, radius, value);
   }
   state.last = point;
-  drawMask();
+  scheduleDraw();
 }
 
 overlay.addEventListener("pointerdown", (event) => {
-  if (!state.cols || state.id === null) return;
+  // Left button (or pen/touch) only, on a film that is shown, while the model is not running.
+  if (event.button !== 0 || !state.cols || state.busy || state.id === null) return;
   if (!state.mask) state.mask = new Uint8Array(state.rows * state.cols);
-  state.undo.push(state.mask.slice());
-  if (state.undo.length > MAX_UNDO) state.undo.shift();
+  pushUndo();
   state.drawing = true;
   state.last = null;
   overlay.setPointerCapture(event.pointerId);
@@ -285,8 +321,9 @@ const endStroke = () => {
   if (!state.drawing) return;
   state.drawing = false;
   state.source = "edited";
+  drawMask();
   $("undo").disabled = state.undo.length === 0;
-  $("save").disabled = false;
+  enableSave();
   setState("mask");
   status(`${state.id}: edited. Save the label when it is right.`);
 };
@@ -294,7 +331,7 @@ overlay.addEventListener("pointerup", endStroke);
 overlay.addEventListener("pointercancel", endStroke);
 
 function undo() {
-  if (!state.undo.length) return;
+  if (!state.undo.length || state.drawing) return;
   state.mask = state.undo.pop();
   drawMask();
   $("undo").disabled = state.undo.length === 0;
@@ -325,6 +362,8 @@ function maskPng() {
 
 async function save() {
   const id = state.id;
+  const token = state.token;
+  if (!state.mask) return;  // nothing to save: never an empty label by accident
   $("save").disabled = true;
   setState("saving");
   status(`Saving the label of ${id}…`);
@@ -333,27 +372,28 @@ async function save() {
     form.append("label", await maskPng(), `${id}.png`);
     const url = `/datastore/label?image=${encodeURIComponent(id)}&tag=final`;
     const answer = await (await fetchOk(url, { method: "PUT", body: form })).json();
+    state.images[id].labelled = true;
+    const li = [...$("images").children].find((el) => el.dataset.id === id);
+    if (li) { const badge = li.querySelector(".badge"); badge.textContent = "labelled"; badge.classList.add("labelled"); }
+    if (!isCurrent(token)) return;
     const info = (answer && answer.label_info) || {};
     const seg = info.SOPInstanceUID;
     let overlayNote = "";
-    if (info.overlay_series_instance_uid) {
+    if (info.overlay_error) {
+      overlayNote = ` Its overlay for viewers was NOT stored: ${info.overlay_error}`;
+    } else if (info.overlay_sop_instance_uid) {
       const link = $("ohif-overlay");
       link.href = ohifUrl(info.StudyInstanceUID, info.overlay_series_instance_uid);
       link.hidden = false;
       overlayNote = ` Its overlay (Secondary Capture ${info.overlay_sop_instance_uid}) is in the study for viewers.`;
-    } else if (info.overlay_error) {
-      overlayNote = ` Its overlay was NOT stored: ${info.overlay_error}`;
     }
-    state.images[id].labelled = true;
-    const li = [...$("images").children].find((el) => el.dataset.id === id);
-    if (li) { const badge = li.querySelector(".badge"); badge.textContent = "labelled"; badge.classList.add("labelled"); }
     status(seg ? `Saved: DICOM SEG ${seg} stored in the PACS.${overlayNote}` : `Saved: the label of ${id}.`);
     document.body.dataset.savedSeg = seg || "";
     setState("saved");
   } catch (e) {
-    status(`The label of ${id} was NOT saved: ${e.message}`, true);
+    if (isCurrent(token)) status(`The label of ${id} was NOT saved: ${e.message}`, true);
   } finally {
-    $("save").disabled = false;
+    if (isCurrent(token)) enableSave();
   }
 }
 
