@@ -5,19 +5,13 @@ In ONE run on one machine it measures:
 1. model-only inference images/s at 512x512, batch 1, eager fp32, ``torch.inference_mode``:
    our ``LungUNet`` ResNet50 and VGG16, MONAI ``FlexibleUNet(backbone="resnet50")``,
    segmentation_models_pytorch ``Unet("resnet50")`` and ``Unet("vgg16")`` (random weights,
-   1 input channel, 1 output channel); our networks also at the size they were trained at, and
-   our ResNet50-UNet as the product runs it (``precision auto``: bf16 on CPUs with bf16
-   instructions);
+   1 input channel, 1 output channel); our networks also at the size they were trained at;
 2. end-to-end images/s of ``lungseg infer DIR -o OUT --model MODEL.pt`` on a folder of 512x512
    PNGs (read, preprocess, model, post-process, write), from two folder sizes so that process
    start-up is separated from the per-image rate;
 3. training images/s of one optimiser step (DiceCE loss, Adam) at 256 px, batch 8, for the same
-   networks (ours also with ``precision auto``, as the bundle trains), and the images/s the
-   bundle's cached training data pipeline delivers;
+   networks, and the images/s the bundle's cached training data pipeline delivers;
 4. peak RSS of ``lungseg infer`` on a 2048x2048 uncompressed DICOM, and RSS over a 200-image folder.
-
-Issue 12's targets, printed at the end: at the same input size, our end to end (start-up
-included) at least 3x the peer's fp32 forward, our training step at least 2.5x the peer's.
 
 Timings are interleaved (one iteration of each model per round) and the median per-iteration
 time is reported, so a change in background load hits all models alike. Prints a Markdown

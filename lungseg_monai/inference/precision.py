@@ -23,7 +23,7 @@ from monai.inferers import Inferer
 
 from lungseg_monai.inference.options import DEFAULT_PRECISION, PRECISIONS
 
-__all__ = ["PRECISIONS", "Precision", "PrecisionInferer", "cpu_has_bf16", "fp32_stages", "keep_fp32", "resolve_precision"]
+__all__ = ["PRECISIONS", "Precision", "PrecisionInferer", "cpu_has_bf16", "keep_fp32", "resolve_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,27 +77,24 @@ class Precision:
     def prepare_network(self, network: torch.nn.Module) -> torch.nn.Module:
         """``network``, in place, ready for this precision (its state-dict keys unchanged).
 
-        Channels-last memory format with autocast; and, with bf16, the stages an encoder names
+        Channels-last memory format with autocast; and, with autocast, the stages an encoder names
         in ``full_precision_stages`` run in fp32 (:func:`keep_fp32`): for the ResNet50 encoder
         the stem and the stride-4 stage, without which bf16 masks differ from fp32 ones at the
         outline (agreement Dice 0.9970 instead of 0.9991).
         """
         if self.channels_last:
             network = network.to(memory_format=torch.channels_last)
-        if self.name != "bf16":  # measured for bf16 only (fp16 keeps 3 more mantissa bits)
-            return network
-        if isinstance(network, torch.jit.ScriptModule):
-            encoder = getattr(network, "encoder", None)
-            if encoder is not None and hasattr(encoder, "layer1"):  # a ResNet encoder, whose stages would be kept
-                logger.warning(
-                    "bf16 with a TorchScript ResNet50-UNet: its stem and layer1 cannot be kept in fp32, so masks agree "
-                    "with fp32 ones less closely (Dice about 0.997 instead of 0.999, BENCHMARKS.md); use precision "
-                    "fp32, or the model.pt checkpoint, for that"
-                )
-            return network
-        for module in list(network.modules()):
-            for name in getattr(module, "full_precision_stages", ()):
-                keep_fp32(module.get_submodule(name))
+        if self.dtype is not None and isinstance(network, torch.jit.ScriptModule):
+            logger.warning(
+                "%s with a TorchScript network: its high-resolution stages cannot be kept in fp32, so masks agree "
+                "with fp32 ones less closely (Dice about 0.997 instead of 0.999, BENCHMARKS.md); use precision fp32, "
+                "or the model.pt checkpoint, for that",
+                self.name,
+            )
+        elif self.dtype is not None:
+            for module in list(network.modules()):
+                for name in getattr(module, "full_precision_stages", ()):
+                    keep_fp32(module.get_submodule(name), self.device_type)
         return network
 
     def prepare_input(self, batch: torch.Tensor) -> torch.Tensor:
@@ -127,51 +124,25 @@ def _to_float(value: Any) -> Any:
     return value
 
 
-def _tensor_device_type(value: Any) -> str | None:
-    if torch.is_tensor(value):
-        return value.device.type
-    if isinstance(value, (list, tuple)):
-        return next((t for t in map(_tensor_device_type, value) if t is not None), None)
-    return None
+def keep_fp32(module: torch.nn.Module, device_type: str = "cpu") -> torch.nn.Module:
+    """Make ``module`` run in fp32 under autocast (inputs cast to float32, autocast off inside), in place.
 
-
-def _fp32_pre_hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    """Before the module runs: under autocast (of its input's device), turn autocast off and cast inputs to float32."""
-    device_type = _tensor_device_type(args)
-    switched = device_type is not None and torch.is_autocast_enabled(device_type)
-    module.__dict__.setdefault("_lungseg_autocast_off", []).append(device_type if switched else None)
-    if not switched:
-        return None
-    torch.set_autocast_enabled(device_type, False)
-    return _to_float(args)
-
-
-def _fp32_post_hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
-    """After the module ran: turn autocast back on where the pre-hook turned it off."""
-    stack = module.__dict__.get("_lungseg_autocast_off")
-    device_type = stack.pop() if stack else None
-    if device_type is not None:
-        torch.set_autocast_enabled(device_type, True)
-
-
-def keep_fp32(module: torch.nn.Module) -> torch.nn.Module:
-    """Make ``module`` run in fp32 under autocast (autocast off inside, floating inputs cast to float32), in place.
-
-    Done with forward hooks (module-level functions), so the module still deep-copies, pickles and
-    loads its state dict as before; outside autocast it behaves as before. The device is the
-    input's, at call time. Applying it twice has no further effect.
+    Its parameters, buffers and state-dict keys are unchanged; outside autocast it behaves as before.
+    Applying it twice has no further effect.
     """
     if getattr(module, "_lungseg_fp32", False):
         return module
-    module.register_forward_pre_hook(_fp32_pre_hook)
-    module.register_forward_hook(_fp32_post_hook)
+    forward = module.forward
+
+    def fp32_forward(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_autocast_enabled(device_type):
+            return forward(*args, **kwargs)
+        with torch.autocast(device_type, enabled=False):
+            return forward(*_to_float(args), **{k: _to_float(v) for k, v in kwargs.items()})
+
+    module.forward = fp32_forward
     module._lungseg_fp32 = True
     return module
-
-
-def fp32_stages(network: torch.nn.Module) -> list[str]:
-    """The names of the network's modules that :func:`keep_fp32` made run in fp32 (for settings and logs)."""
-    return [name for name, module in network.named_modules() if getattr(module, "_lungseg_fp32", False)]
 
 
 def _device_type(device: str | torch.device | None) -> str:
