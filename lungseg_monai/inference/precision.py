@@ -94,7 +94,7 @@ class Precision:
         elif self.dtype is not None:
             for module in list(network.modules()):
                 for name in getattr(module, "full_precision_stages", ()):
-                    keep_fp32(module.get_submodule(name), self.device_type)
+                    keep_fp32(getattr(module, name), self.device_type)
         return network
 
     def prepare_input(self, batch: torch.Tensor) -> torch.Tensor:
