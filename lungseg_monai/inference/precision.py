@@ -79,19 +79,12 @@ class Precision:
 
         Channels-last memory format with autocast; and, with autocast, the stages an encoder names
         in ``full_precision_stages`` run in fp32 (:func:`keep_fp32`): for the ResNet50 encoder
-        the stem and the stride-4 stage, without which bf16 masks differ from fp32 ones at the
-        outline (agreement Dice 0.9970 instead of 0.9991).
+        the stem and the stride-4/8 stages, without which bf16 masks differ from fp32 ones at
+        the outline (agreement Dice 0.997 instead of 0.9997).
         """
         if self.channels_last:
             network = network.to(memory_format=torch.channels_last)
-        if self.dtype is not None and isinstance(network, torch.jit.ScriptModule):
-            logger.warning(
-                "%s with a TorchScript network: its high-resolution stages cannot be kept in fp32, so masks agree "
-                "with fp32 ones less closely (Dice about 0.997 instead of 0.999, BENCHMARKS.md); use precision fp32, "
-                "or the model.pt checkpoint, for that",
-                self.name,
-            )
-        elif self.dtype is not None:
+        if self.dtype is not None:
             for module in list(network.modules()):
                 for name in getattr(module, "full_precision_stages", ()):
                     keep_fp32(getattr(module, name), self.device_type)

@@ -41,11 +41,10 @@ class TorchvisionResNet50Encoder(nn.Module, BaseEncoder):
 
     arch = "resnet50"
     # Stages kept in fp32 under bf16/fp16 autocast (:meth:`Precision.prepare_network`): the stem and
-    # the stride-4 stage, whose features reach the decoder's high-resolution skips and decide the
-    # mask's outline. Measured on a trained model's test split (BENCHMARKS.md): all in bf16, bf16
-    # masks agree with fp32 at Dice 0.9970; with these in fp32 0.9991 at 2.25x fp32's speed (512 px,
-    # AVX512-BF16); layer2 too would give 0.9997 but 1.96x.
-    full_precision_stages = ("conv1", "bn1", "layer1")
+    # the stride-4 and stride-8 stages, whose features reach the decoder's high-resolution skips and
+    # decide the mask's outline. Measured (BENCHMARKS.md, scripts/precision_check.py): all in bf16,
+    # bf16 masks agree with fp32 at Dice 0.9970 on the test split; with these in fp32, 0.9997.
+    full_precision_stages = ("conv1", "bn1", "layer1", "layer2")
 
     def __init__(
         self,
