@@ -23,7 +23,7 @@ from monai.inferers import Inferer
 
 from lungseg_monai.inference.options import DEFAULT_PRECISION, PRECISIONS
 
-__all__ = ["PRECISIONS", "Precision", "PrecisionInferer", "cpu_has_bf16", "keep_fp32", "resolve_precision"]
+__all__ = ["PRECISIONS", "Precision", "PrecisionInferer", "cpu_has_bf16", "resolve_precision"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,20 +75,8 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     def prepare_network(self, network: torch.nn.Module) -> torch.nn.Module:
-        """``network``, in place, ready for this precision (its state-dict keys unchanged).
-
-        Channels-last memory format with autocast; and, with autocast, the stages an encoder names
-        in ``full_precision_stages`` run in fp32 (:func:`keep_fp32`): for the ResNet50 encoder
-        the stem and the stride-4/8 stages, without which bf16 masks differ from fp32 ones at
-        the outline (agreement Dice 0.997 instead of 0.9997).
-        """
-        if self.channels_last:
-            network = network.to(memory_format=torch.channels_last)
-        if self.dtype is not None:
-            for module in list(network.modules()):
-                for name in getattr(module, "full_precision_stages", ()):
-                    keep_fp32(getattr(module, name), self.device_type)
-        return network
+        """``network`` in place in channels-last memory format when needed (its state-dict keys unchanged)."""
+        return network.to(memory_format=torch.channels_last) if self.channels_last else network
 
     def prepare_input(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) ``batch`` in the memory format the network runs in."""
@@ -107,35 +95,6 @@ class Precision:
         with self.autocast():
             out = network(self.prepare_input(batch), *args, **kwargs)
         return out.float()
-
-
-def _to_float(value: Any) -> Any:
-    if torch.is_tensor(value) and value.is_floating_point():
-        return value.float()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_float(v) for v in value)
-    return value
-
-
-def keep_fp32(module: torch.nn.Module, device_type: str = "cpu") -> torch.nn.Module:
-    """Make ``module`` run in fp32 under autocast (inputs cast to float32, autocast off inside), in place.
-
-    Its parameters, buffers and state-dict keys are unchanged; outside autocast it behaves as before.
-    Applying it twice has no further effect.
-    """
-    if getattr(module, "_lungseg_fp32", False):
-        return module
-    forward = module.forward
-
-    def fp32_forward(*args: Any, **kwargs: Any) -> Any:
-        if not torch.is_autocast_enabled(device_type):
-            return forward(*args, **kwargs)
-        with torch.autocast(device_type, enabled=False):
-            return forward(*_to_float(args), **{k: _to_float(v) for k, v in kwargs.items()})
-
-    module.forward = fp32_forward
-    module._lungseg_fp32 = True
-    return module
 
 
 def _device_type(device: str | torch.device | None) -> str:

@@ -40,11 +40,6 @@ class TorchvisionResNet50Encoder(nn.Module, BaseEncoder):
     """
 
     arch = "resnet50"
-    # Stages kept in fp32 under bf16/fp16 autocast (:meth:`Precision.prepare_network`): the stem and
-    # the stride-4 and stride-8 stages, whose features reach the decoder's high-resolution skips and
-    # decide the mask's outline. Measured (BENCHMARKS.md, scripts/precision_check.py): all in bf16,
-    # bf16 masks agree with fp32 at Dice 0.9970 on the test split; with these in fp32, 0.9997.
-    full_precision_stages = ("conv1", "bn1", "layer1", "layer2")
 
     def __init__(
         self,
@@ -104,8 +99,6 @@ class TorchvisionVGG16Encoder(nn.Module, BaseEncoder):
     """
 
     arch = "vgg16_bn"
-    # None yet: bf16 agreement of a trained VGG16-UNet is still to be measured (see the ResNet50 encoder).
-    full_precision_stages: tuple[str, ...] = ()
 
     def __init__(
         self,
