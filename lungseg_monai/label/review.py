@@ -106,8 +106,9 @@ def _render(image_id: str) -> bytes:
 def _label(image_id: str) -> bytes:
     from monailabel.interfaces.utils.app import app_instance
 
-    _image_path(image_id)  # 404 for an image that is not in the datastore
     datastore = app_instance().datastore()
+    if image_id not in datastore.list_images():  # 404; get_image_uri would fetch a PACS film just to check
+        raise ImageNotFoundError(image_id)
     label_id = datastore.get_label_by_image_id(image_id, _FINAL)
     path = datastore.get_label_uri(label_id, _FINAL) if label_id else ""
     if not path:
