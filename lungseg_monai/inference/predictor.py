@@ -25,7 +25,7 @@ from monai.transforms import Compose, NormalizeIntensityd, Resized, ScaleIntensi
 
 from lungseg_monai.io.checkpoint import CheckpointError, load_checkpoint, load_network_weights
 from lungseg_monai.inference.options import DEFAULT_PRECISION
-from lungseg_monai.inference.precision import Precision, resolve_precision
+from lungseg_monai.inference.precision import Precision, fp32_stages, resolve_precision
 from lungseg_monai.inference.transforms import CleanLungMask
 from lungseg_monai.io import Radiograph
 from lungseg_monai.networks import LungUNet, backbone_of_state_dict
@@ -342,13 +342,17 @@ class LungSegmenter:
         Two segmenters with equal settings make the same mask for the same file; the output
         manifest of ``lungseg infer`` reuses an output only when they are equal.
         """
-        return {
+        settings = {
             "model": self.identity,
             "image_size": int(self.card["image_size"]),
             "threshold": self.threshold,
             "postprocess": repr(self.postprocess),
             "precision": self.precision.name,
         }
+        kept = fp32_stages(self.network)
+        if kept:  # bf16 with fp32 stages makes other masks than all-bf16 did
+            settings["fp32_stages"] = kept
+        return settings
 
     def prepare(self, radiograph: Radiograph) -> torch.Tensor:
         """(rows, columns) radiograph -> (1, image_size, image_size) network input."""

@@ -49,11 +49,11 @@ from tqdm import tqdm
 from lungseg_monai.inference.discovery import Discovery, InferenceInput, SkippedInput, discover_inputs
 from lungseg_monai.inference.manifest import MANIFEST_FILE, InputState, OutputManifest
 from lungseg_monai.inference.options import (
-    DEFAULT_BATCH_SIZE,
     DEFAULT_FORMATS,
     DEFAULT_PRECISION,
     DEFAULT_WORKERS,
     FORMATS,
+    auto_batch_size,
 )
 from lungseg_monai.inference.predictor import LungSegmenter, QCForward
 from lungseg_monai.inference.transforms import CleanLungMask, mask_to_uint8_2d
@@ -463,7 +463,7 @@ def segment_files(
     model: str | os.PathLike | LungSegmenter,
     formats: str | Sequence[str] = DEFAULT_FORMATS,
     overwrite: bool = False,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     workers: int = DEFAULT_WORKERS,
     postprocess: CleanLungMask | bool | None = True,
@@ -482,7 +482,8 @@ def segment_files(
             and ``dicomsc`` apply to DICOM inputs only.
         overwrite: rewrite outputs that exist (default: keep those the manifest says were made from
             the same input content, model and settings, and skip that work).
-        batch_size: images per network call.
+        batch_size: images per network call (default: :func:`~lungseg_monai.inference.options.auto_batch_size`
+            of the model's input size: 1 at 512 px, 4 at 256, 8 at 128 on a CPU; 4 on a GPU).
         device: e.g. ``"cpu"``, ``"cuda:0"`` (default: CUDA when available); ignored when
             ``model`` is a LungSegmenter.
         workers: threads for reading and for writing (each).
@@ -505,7 +506,7 @@ def segment_files(
         (True, 3)
     """
     formats = parse_formats(formats)
-    if batch_size < 1 or workers < 1:
+    if (batch_size is not None and batch_size < 1) or workers < 1:
         raise ValueError(f"batch_size and workers must be at least 1, got {batch_size} and {workers}")
     output_dir = Path(output_dir)
     segmenter = (
@@ -537,6 +538,8 @@ def segment_files(
     with ThreadPoolExecutor(workers, thread_name_prefix="lungseg-hash") as pool:
         states = dict(zip(found.inputs, pool.map(manifest.state, [item.path for item in found.inputs])))
     jobs, summary.up_to_date = _plan(found, output_dir, formats, overwrite, rows, manifest, states, segmenter)
+    if batch_size is None:
+        batch_size = auto_batch_size(int(segmenter.card["image_size"]), segmenter.device.type)
     identity, settings = segmenter.identity, segmenter.settings()
     for item in summary.up_to_date:  # kept: refresh the stat of touched but unchanged inputs
         if states[item] is not None:

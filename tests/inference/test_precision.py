@@ -72,6 +72,51 @@ def test_bf16_runs_convolutions_in_bf16_and_returns_float32(network: LungUNet) -
     assert out.dtype == torch.float32 and out.shape == (2, 1, SIZE, SIZE)
 
 
+def test_bf16_keeps_the_encoders_high_resolution_stages_in_fp32() -> None:
+    """The stem and layer1 of the ResNet50 encoder run in fp32 under bf16; the rest in bf16."""
+    import copy
+    import pickle
+
+    torch.manual_seed(0)
+    network = LungUNet(backbone="resnet50")
+    plain_keys = set(network.state_dict())
+    precision = resolve_precision("bf16", "cpu")
+    precision.prepare_network(network)
+    precision.prepare_network(network)  # twice: no double wrapping
+    watched = {"conv1": network.encoder.conv1, "layer1": network.encoder.layer1, "layer2": network.encoder.layer2,
+               "layer4": network.encoder.layer4}  # fmt: skip
+    seen: dict[str, torch.dtype] = {}
+    handles = [m.register_forward_hook(lambda m, i, out, n=n: seen.__setitem__(n, out.dtype)) for n, m in watched.items()]
+    x = torch.randn(2, 1, SIZE, SIZE)
+    try:
+        with torch.inference_mode():
+            out = precision.run(network.eval(), x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    with torch.inference_mode():
+        plain = network(x)  # outside autocast the network is what it was
+    assert seen == {"conv1": torch.float32, "layer1": torch.float32, "layer2": torch.bfloat16, "layer4": torch.bfloat16}
+    assert out.dtype == torch.float32 and plain.dtype == torch.float32
+    assert set(network.state_dict()) == plain_keys
+    fresh = LungUNet(backbone="resnet50")
+    fresh.load_state_dict(network.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh.eval()(x), plain)
+    assert precision_module.fp32_stages(network) == ["encoder.conv1", "encoder.bn1", "encoder.layer1"]
+    assert precision_module.fp32_stages(resolve_precision("fp32", "cpu").prepare_network(LungUNet(backbone="resnet50"))) == []
+    # A copy is a network of its own (its weights, its fp32 stages), and the network still pickles.
+    twin = copy.deepcopy(network)
+    with torch.no_grad():
+        for parameter in twin.parameters():
+            parameter.zero_()
+    with torch.inference_mode():
+        assert not torch.equal(precision.run(twin, x), out)
+        torch.testing.assert_close(precision.run(network, x), out)
+    assert precision_module.fp32_stages(pickle.loads(pickle.dumps(network))) == precision_module.fp32_stages(network)
+    assert not torch.is_autocast_enabled("cpu")  # the hooks left autocast as they found it
+
+
 def test_segmenter_records_the_resolved_precision_and_thresholds_fp32_probabilities(network: LungUNet) -> None:
     card = {"image_size": SIZE, "intensity_percentiles": [0.5, 99.5], "intensity_mean": 0.449,
             "intensity_std": 0.226, "threshold": 0.5}  # fmt: skip
