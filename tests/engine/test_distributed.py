@@ -38,13 +38,15 @@ MULTI_TRAIN_CONFIG = CONFIG_DIR / "multi_gpu_train.json"
 MULTI_EVALUATE_CONFIG = CONFIG_DIR / "multi_gpu_evaluate.json"
 N_PROCESSES = 2
 BATCH_SIZE = 3
-# A high rate without warm-up, so that two tiny epochs give a model that predicts some lung and
-# the Dice comparisons below compare something other than zeros.
+# A rate without warm-up at which two tiny epochs give a model that predicts some lung, so that
+# the Dice comparisons below compare something other than zeros. Measured (2 processes, 64 px):
+# lr 0.003 gives validation Dice 0.70 after epoch 2 in fp32 and in bf16; lr 0.01 gave 0.07 in fp32
+# and 0.00 in bf16 (train-mode Dice 0.77-0.79 both: BatchNorm running statistics still lagging).
 SMALL_RUN = {
     "--dataset_dir": str(SAMPLE_DATA),
     "--image_size": "64",
     "--batch_size": str(BATCH_SIZE),
-    "--learning_rate": "0.01",
+    "--learning_rate": "0.003",
     "--warmup_epochs": "0",
 }
 RUN_TIMEOUT_S = 300
