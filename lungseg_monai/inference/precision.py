@@ -98,6 +98,9 @@ class Precision:
         for module in list(network.modules()):
             for name in getattr(module, "full_precision_stages", ()):
                 keep_fp32(module.get_submodule(name))
+        kept = fp32_stages(network)
+        if kept:
+            logger.info("bf16: %s kept in fp32 (the encoder's high-resolution stages)", ", ".join(kept))
         return network
 
     def prepare_input(self, batch: torch.Tensor) -> torch.Tensor:

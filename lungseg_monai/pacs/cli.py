@@ -7,7 +7,7 @@ import json
 import logging
 
 from lungseg_monai.inference.options import DEFAULT_PRECISION, PRECISIONS
-from lungseg_monai.pacs.config import DEFAULT_AET, DEFAULT_BATCH_SIZE, DEFAULT_MAX_ASSOCIATIONS, DEFAULT_PORT
+from lungseg_monai.pacs.config import DEFAULT_AET, DEFAULT_MAX_ASSOCIATIONS, DEFAULT_PORT
 
 __all__ = ["add_parser", "run"]
 
@@ -69,7 +69,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help=f"concurrent associations accepted (default: {DEFAULT_MAX_ASSOCIATIONS})",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=None, help=f"instances per network call (default: {DEFAULT_BATCH_SIZE})"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="instances per network call (default: by the model's input size, as lungseg infer: 1 at 512 px on a CPU)",
     )
     parser.add_argument(
         "--overlay",

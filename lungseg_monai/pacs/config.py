@@ -27,7 +27,6 @@ DEFAULT_AET = "LUNGSEG"
 DEFAULT_PORT = 11112
 DEFAULT_BIND = "127.0.0.1"
 DEFAULT_MAX_ASSOCIATIONS = 8
-DEFAULT_BATCH_SIZE = 4
 # Retries of a destination that is down or refuses: first after 2 s, doubling up to 5 minutes.
 DEFAULT_RETRY_FIRST_S = 2.0
 DEFAULT_RETRY_MAX_S = 300.0
@@ -100,7 +99,8 @@ class NodeConfig:
         stow_to: DICOMweb base URLs to store the results with STOW-RS.
         allowed_aets: calling AE titles accepted (empty: any).
         max_associations: concurrent associations accepted; more are rejected (busy).
-        batch_size: instances per network call (as many as are waiting, up to this).
+        batch_size: instances per network call (as many as are waiting, up to this); None: by the
+            model's input size, as ``lungseg infer`` picks it (:func:`~lungseg_monai.inference.options.auto_batch_size`).
         overlay: also send a Secondary Capture of the lung contour over the film.
         write_rejected_seg: also send a SEG of a mask quality control rejects (its SR says so).
         check_headers: skip instances whose header names another body part or modality.
@@ -120,7 +120,7 @@ class NodeConfig:
     stow_to: list[str] = field(default_factory=list)
     allowed_aets: list[str] = field(default_factory=list)
     max_associations: int = DEFAULT_MAX_ASSOCIATIONS
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = None
     overlay: bool = False
     write_rejected_seg: bool = False
     check_headers: bool = True
@@ -135,7 +135,7 @@ class NodeConfig:
         self.allowed_aets = [_check_aet(a, "allowed calling AE title") for a in self.allowed_aets]
         if not 0 <= int(self.port) < 65536:
             raise ValueError(f"port {self.port} is not between 0 and 65535")
-        if self.max_associations < 1 or self.batch_size < 1:
+        if self.max_associations < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise ValueError(
                 f"max_associations and batch_size must be at least 1, got {self.max_associations} and {self.batch_size}"
             )

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+from lungseg_monai.inference.options import auto_batch_size
 from lungseg_monai.inference.predictor import LungSegmenter
 from lungseg_monai.pacs.config import NodeConfig
 from lungseg_monai.pacs.processing import InstanceProcessor
@@ -51,6 +52,7 @@ class DicomNode:
     def __init__(self, config: NodeConfig, segmenter: LungSegmenter | None = None) -> None:
         self.config = config
         self.segmenter = segmenter
+        self.batch_size = config.batch_size  # None until start(): then by the model's input size
         self.spool = Spool(config.spool)
         self.sender = Sender(self.spool, config)
         self._stop = threading.Event()
@@ -81,6 +83,9 @@ class DicomNode:
             self.segmenter = LungSegmenter.from_model(
                 self.config.model, self.config.device, precision=self.config.precision
             )
+        self.batch_size = self.config.batch_size or auto_batch_size(
+            int(self.segmenter.card["image_size"]), self.segmenter.device.type
+        )
         processor = InstanceProcessor(
             self.segmenter,
             self.spool,
@@ -100,12 +105,13 @@ class DicomNode:
         self._server = ae.start_server((self.config.bind, int(self.config.port)), block=False, evt_handlers=handlers)
         waiting = self.spool.status()
         logger.info(
-            "DICOM node %s listening on %s:%d; model %s; %d instance(s) to segment and %d result(s) to send from "
-            "the spool '%s'; destinations: %s",
+            "DICOM node %s listening on %s:%d; model %s, batches of up to %d; %d instance(s) to segment and %d "
+            "result(s) to send from the spool '%s'; destinations: %s",
             self.config.aet,
             self.config.bind,
             self.port,
             self.segmenter.identity,
+            self.batch_size,
             waiting["waiting_to_segment"],
             waiting["waiting_to_send"],
             self.config.spool,
@@ -145,10 +151,10 @@ class DicomNode:
 
     def _process_loop(self, processor: InstanceProcessor) -> None:
         while not self._stop.is_set():
-            paths = self.spool.pending(limit=self.config.batch_size)
-            if len(paths) < self.config.batch_size and self._arrived.wait(timeout=_GATHER_S):
+            paths = self.spool.pending(limit=self.batch_size)
+            if len(paths) < self.batch_size and self._arrived.wait(timeout=_GATHER_S):
                 self._arrived.clear()
-                paths = self.spool.pending(limit=self.config.batch_size)
+                paths = self.spool.pending(limit=self.batch_size)
             if not paths:
                 self._arrived.wait(timeout=1.0)
                 self._arrived.clear()

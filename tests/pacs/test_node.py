@@ -120,6 +120,25 @@ def test_the_same_study_sent_twice_gives_one_seg_per_image_real_files(
     assert len(orthanc.instances_by_modality(SR_MODALITY)) == 3
 
 
+def test_batch_size_follows_the_models_input_size_unless_given(tmp_path: Path) -> None:
+    from stub_segmenter import STUB_CARD, stub_segmenter
+
+    from lungseg_monai.inference import LungSegmenter
+    from lungseg_monai.inference.options import MAX_CPU_BATCH_SIZE
+    from lungseg_monai.pacs.config import NodeConfig
+
+    segmenter = stub_segmenter()  # 32 px input: the CPU batch is capped, as in lungseg infer
+    with running_node(segmenter, spool=str(tmp_path / "auto")) as node:
+        assert node.batch_size == MAX_CPU_BATCH_SIZE
+    segmenter = LungSegmenter(segmenter.network, {**STUB_CARD, "image_size": 512}, "cpu", postprocess=False)
+    with running_node(segmenter, spool=str(tmp_path / "auto512")) as node:
+        assert node.batch_size == 1
+    with running_node(segmenter, spool=str(tmp_path / "given"), batch_size=3) as node:
+        assert node.batch_size == 3
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        NodeConfig(model="m.pt", spool=str(tmp_path / "s"), batch_size=0)
+
+
 def test_unknown_calling_and_called_ae_titles_are_rejected_at_association(node_segmenter, tmp_path: Path) -> None:  # noqa: ANN001
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
