@@ -137,6 +137,13 @@ def auto_precision_network() -> tuple[torch.nn.Module, Any]:
     return precision.prepare_network(LungUNet(backbone="resnet50")), precision
 
 
+def _fp32() -> Any:
+    """Plain fp32 (:class:`~lungseg_monai.inference.Precision`): the networks without a precision of their own."""
+    from lungseg_monai.inference import resolve_precision
+
+    return resolve_precision("fp32", "cpu")
+
+
 def model_only_inference(
     networks: dict[str, torch.nn.Module], sizes: dict[str, int], rounds: int, precisions: dict[str, Any] | None = None
 ) -> dict[str, float]:
@@ -150,7 +157,7 @@ def model_only_inference(
         name = label.split(" @")[0]
         network = networks[name].eval()
         x = torch.randn(1, 1, size, size)
-        run = precisions[name].run if name in precisions else (lambda net, batch: net(batch))
+        run = precisions.get(name, _fp32()).run
 
         def step(network: torch.nn.Module = network, x: torch.Tensor = x, run: Callable = run) -> None:
             with torch.inference_mode():
@@ -178,7 +185,7 @@ def training_step_speed(
     steps: dict[str, Callable[[], None]] = {}
     for name, network in networks.items():
         optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
-        run = precisions[name].run if name in precisions else (lambda net, batch: net(batch))
+        run = precisions.get(name, _fp32()).run
 
         def step(
             network: torch.nn.Module = network, optimizer: torch.optim.Optimizer = optimizer, run: Callable = run

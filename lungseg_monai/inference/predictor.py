@@ -24,7 +24,7 @@ import torch
 from monai.transforms import Compose, NormalizeIntensityd, Resized, ScaleIntensityRangePercentilesd
 
 from lungseg_monai.io.checkpoint import CheckpointError, load_checkpoint, load_network_weights
-from lungseg_monai.inference.options import DEFAULT_PRECISION
+from lungseg_monai.inference.options import DEFAULT_PRECISION, auto_batch_size
 from lungseg_monai.inference.precision import Precision, fp32_stages, resolve_precision
 from lungseg_monai.inference.transforms import CleanLungMask
 from lungseg_monai.io import Radiograph
@@ -353,6 +353,13 @@ class LungSegmenter:
         if kept:  # bf16 with fp32 stages makes other masks than all-bf16 did
             settings["fp32_stages"] = kept
         return settings
+
+    def auto_batch_size(self) -> int:
+        """Images per network call when none is given, by the model's input size and this device.
+
+        See :func:`~lungseg_monai.inference.options.auto_batch_size` (1 at 512 px on a CPU).
+        """
+        return auto_batch_size(int(self.card["image_size"]), self.device.type)
 
     def prepare(self, radiograph: Radiograph) -> torch.Tensor:
         """(rows, columns) radiograph -> (1, image_size, image_size) network input."""

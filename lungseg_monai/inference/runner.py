@@ -53,7 +53,6 @@ from lungseg_monai.inference.options import (
     DEFAULT_PRECISION,
     DEFAULT_WORKERS,
     FORMATS,
-    auto_batch_size,
 )
 from lungseg_monai.inference.predictor import LungSegmenter, QCForward
 from lungseg_monai.inference.transforms import CleanLungMask, mask_to_uint8_2d
@@ -482,8 +481,8 @@ def segment_files(
             and ``dicomsc`` apply to DICOM inputs only.
         overwrite: rewrite outputs that exist (default: keep those the manifest says were made from
             the same input content, model and settings, and skip that work).
-        batch_size: images per network call (default: :func:`~lungseg_monai.inference.options.auto_batch_size`
-            of the model's input size: 1 at 512 px, 4 at 256, 8 at 128 on a CPU; 4 on a GPU).
+        batch_size: images per network call (default: :meth:`LungSegmenter.auto_batch_size`, by
+            the model's input size: 1 at 512 px, 4 at 256, 8 at 128 on a CPU; 4 on a GPU).
         device: e.g. ``"cpu"``, ``"cuda:0"`` (default: CUDA when available); ignored when
             ``model`` is a LungSegmenter.
         workers: threads for reading and for writing (each).
@@ -539,7 +538,7 @@ def segment_files(
         states = dict(zip(found.inputs, pool.map(manifest.state, [item.path for item in found.inputs])))
     jobs, summary.up_to_date = _plan(found, output_dir, formats, overwrite, rows, manifest, states, segmenter)
     if batch_size is None:
-        batch_size = auto_batch_size(int(segmenter.card["image_size"]), segmenter.device.type)
+        batch_size = segmenter.auto_batch_size()
     identity, settings = segmenter.identity, segmenter.settings()
     for item in summary.up_to_date:  # kept: refresh the stat of touched but unchanged inputs
         if states[item] is not None:

@@ -100,7 +100,7 @@ class NodeConfig:
         allowed_aets: calling AE titles accepted (empty: any).
         max_associations: concurrent associations accepted; more are rejected (busy).
         batch_size: instances per network call (as many as are waiting, up to this); None: by the
-            model's input size, as ``lungseg infer`` picks it (:func:`~lungseg_monai.inference.options.auto_batch_size`).
+            model's input size, as ``lungseg infer`` picks it (:meth:`LungSegmenter.auto_batch_size`).
         overlay: also send a Secondary Capture of the lung contour over the film.
         write_rejected_seg: also send a SEG of a mask quality control rejects (its SR says so).
         check_headers: skip instances whose header names another body part or modality.

@@ -21,7 +21,6 @@ import threading
 import time
 from typing import Any
 
-from lungseg_monai.inference.options import auto_batch_size
 from lungseg_monai.inference.predictor import LungSegmenter
 from lungseg_monai.pacs.config import NodeConfig
 from lungseg_monai.pacs.processing import InstanceProcessor
@@ -83,9 +82,7 @@ class DicomNode:
             self.segmenter = LungSegmenter.from_model(
                 self.config.model, self.config.device, precision=self.config.precision
             )
-        self.batch_size = self.config.batch_size or auto_batch_size(
-            int(self.segmenter.card["image_size"]), self.segmenter.device.type
-        )
+        self.batch_size = self.config.batch_size or self.segmenter.auto_batch_size()
         processor = InstanceProcessor(
             self.segmenter,
             self.spool,
