@@ -131,8 +131,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--fail-on",
         choices=FAIL_ON_CHOICES,
         default=None,
-        help="exit with code 3 when a mask's quality verdict is this or worse (for pipelines); all outputs are "
-        "still written",
+        help="exit with code 3 when a mask's quality verdict is this or worse (for pipelines), or 'unavailable' "
+        "(the model has no usable QC calibration) unless --allow-uncalibrated; all outputs are still written. "
+        "Outputs kept from an earlier run count with the verdict they were made with",
+    )
+    parser.add_argument(
+        "--allow-uncalibrated",
+        action="store_true",
+        help="let masks whose QC verdict is 'unavailable' (a model without a QC calibration fitted on its weights) "
+        "pass --fail-on and be sent by --stow-to (default: --fail-on fails them, --stow-to refuses such a model)",
     )
     parser.add_argument(
         "--write-rejected-seg",
@@ -341,6 +348,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``lungseg infer`` from parsed arguments; returns the exit code (0, or EXIT_FAILED, EXIT_STOW, EXIT_QC)."""
     from lungseg_monai.io.checkpoint import CheckpointError
     from lungseg_monai.inference.runner import parse_formats, segment_files
+    from lungseg_monai.qc.quality import QC_UNAVAILABLE
 
     try:
         formats = parse_formats(args.formats)
@@ -388,6 +396,8 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.no_progress,
                 write_rejected=args.write_rejected_seg,
                 check_headers=not args.no_header_check,
+                # Results that go to a PACS must have been checked, unless the user says otherwise.
+                allow_uncalibrated=args.allow_uncalibrated or not args.stow_to,
             )
         except (CheckpointError, ValueError) as e:
             logger.error("%s", e)
@@ -408,8 +418,17 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if not stored:
         return EXIT_STOW
-    flagged = summary.qc_failed(args.fail_on)
+    flagged = summary.qc_failed(args.fail_on, args.allow_uncalibrated)
     if flagged:
-        logger.error("%d mask(s) with a quality verdict of %s or worse (--fail-on)", len(flagged), args.fail_on)
+        unchecked = sum(summary.qc[name].status == QC_UNAVAILABLE for name in flagged)
+        logger.error(
+            "%d mask(s) with a quality verdict of %s or worse (--fail-on)%s",
+            len(flagged),
+            args.fail_on,
+            f", {unchecked} of them unchecked: QC unavailable ({summary.qc[flagged[0]].reasons_text()}); "
+            "--allow-uncalibrated lets those pass"
+            if unchecked
+            else "",
+        )
         return EXIT_QC
     return EXIT_OK

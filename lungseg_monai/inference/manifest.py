@@ -6,7 +6,8 @@ were made with::
     {"version": 1,
      "names": {"NAME": {"input": "/abs/path/img.png", "size": 48213, "mtime_ns": ..., "ctime_ns": ...,
                         "inode": ..., "sha256": "<hex>", "model": "LungUNet-resnet50-<hash>",
-                        "settings": {...}, "outputs": ["mask", "measurements", "overlay"]}}}
+                        "settings": {...}, "outputs": ["mask", "measurements", "overlay"],
+                        "qc": {"qc_status": "pass", "qc_score": 0.97, "qc_reasons": ""}}}}
 
 It decides two things on a rerun:
 
@@ -16,6 +17,9 @@ It decides two things on a rerun:
   entry), the input's content hash, the model identity and the settings are the same as then,
   and the file still exists. Anything else is redone. ``mtime`` plays no part in that decision,
   so ``cp -p`` / ``rsync -a`` copies, which keep old times, cannot make a stale output look done.
+- Verdicts: the quality verdict the outputs were made with (``qc``) is read back for every kept
+  name, so a rerun reports, counts and gates (``--fail-on``, ``--stow-to``) exactly as the run
+  that made the outputs did. An entry without a verdict vouches for nothing: its outputs are redone.
 
 Content: SHA-256 of the file's bytes, about 430 MB/s on one core of the 2-core development
 machine at load 6 (a few ms for a PNG, ~25 ms for a 10 MB DICOM: small next to decoding and the
@@ -112,12 +116,14 @@ class ManifestEntry:
         model: the model identity (:attr:`LungSegmenter.identity`).
         settings: :meth:`LungSegmenter.settings`, as stored in JSON.
         outputs: formats written for exactly this source, model and settings.
+        qc: the quality verdict they were made with, as :meth:`QCResult.as_row` gives it (None: unknown).
     """
 
     source: InputState
     model: str
     settings: dict[str, Any]
     outputs: set[str] = field(default_factory=set)
+    qc: dict[str, Any] | None = None
 
     def made_from(self, source: InputState, model: str, settings: Mapping[str, Any]) -> bool:
         """True when the outputs were made from this content, model and settings."""
@@ -129,7 +135,13 @@ class ManifestEntry:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self.source), "model": self.model, "settings": self.settings, "outputs": sorted(self.outputs)}
+        return {
+            **asdict(self.source),
+            "model": self.model,
+            "settings": self.settings,
+            "outputs": sorted(self.outputs),
+            "qc": self.qc,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ManifestEntry:
@@ -142,10 +154,12 @@ class ManifestEntry:
             inode=int(data["inode"]),
             sha256=str(data["sha256"]),
         )
-        settings, outputs = data["settings"], data["outputs"]
-        if not isinstance(settings, dict) or not isinstance(outputs, list):
-            raise TypeError(f"'settings' must be an object and 'outputs' a list, got {settings!r} and {outputs!r}")
-        return cls(source, str(data["model"]), settings, {str(o) for o in outputs})
+        settings, outputs, qc = data["settings"], data["outputs"], data.get("qc")
+        if not isinstance(settings, dict) or not isinstance(outputs, list) or not isinstance(qc, (dict, type(None))):
+            raise TypeError(
+                f"'settings' and 'qc' must be objects and 'outputs' a list, got {settings!r}, {qc!r} and {outputs!r}"
+            )
+        return cls(source, str(data["model"]), settings, {str(o) for o in outputs}, qc)
 
 
 class OutputManifest:
@@ -209,9 +223,14 @@ class OutputManifest:
     ) -> set[str]:
         """Formats of ``name`` made from this content, model and settings (existence is the caller's check)."""
         entry = self.entries.get(name)
-        if entry is None or source is None or not entry.made_from(source, model, settings):
+        if entry is None or source is None or entry.qc is None or not entry.made_from(source, model, settings):
             return set()
         return set(entry.outputs)
+
+    def verdict(self, name: str) -> dict[str, Any] | None:
+        """The quality verdict ``name``'s outputs were made with (``qc_status``, ``qc_score``, ``qc_reasons``)."""
+        entry = self.entries.get(name)
+        return None if entry is None else entry.qc
 
     def stale(self, name: str, fmt: str) -> bool:
         """True when ``name`` is in the manifest but its ``fmt`` output is not vouched for (not written, or
@@ -226,12 +245,21 @@ class OutputManifest:
             entry.outputs -= set(formats)
 
     def record(
-        self, name: str, source: InputState, model: str, settings: Mapping[str, Any], formats: Collection[str]
+        self,
+        name: str,
+        source: InputState,
+        model: str,
+        settings: Mapping[str, Any],
+        formats: Collection[str],
+        qc: Mapping[str, Any] | None = None,
     ) -> None:
-        """``formats`` of ``name`` were written (or found valid) from ``source`` with this model and settings."""
+        """``formats`` of ``name`` were written (or found valid) from ``source`` with this model and settings,
+        with the quality verdict ``qc`` (None: the one recorded before, when the rest is unchanged)."""
         entry = self.entries.get(name)
-        kept = entry.outputs if entry is not None and entry.made_from(source, model, settings) else set()
-        self.entries[name] = ManifestEntry(source, model, _normalised(settings), kept | set(formats))
+        same = entry is not None and entry.made_from(source, model, settings)
+        kept = entry.outputs if same else set()
+        verdict = dict(qc) if qc is not None else (entry.qc if same else None)
+        self.entries[name] = ManifestEntry(source, model, _normalised(settings), kept | set(formats), verdict)
 
     def save(self) -> bool:
         """Write the manifest atomically if it changed since loaded or saved; True when written.

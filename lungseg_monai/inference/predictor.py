@@ -31,10 +31,18 @@ from lungseg_monai.io import Radiograph
 from lungseg_monai.networks import LungUNet, backbone_of_state_dict
 from lungseg_monai.qc.mask import mask_features, perturb, unperturb
 from lungseg_monai.qc.ood import bottleneck_features, encoder_of
-from lungseg_monai.qc.quality import QCResult, QualityControl
+from lungseg_monai.qc.quality import QCResult, QualityControl, calibration_digest, calibration_problem
 from lungseg_monai.transforms import ResizeToOriginal, radiograph_to_metatensor
 
-__all__ = ["LungSegmenter", "ModelCard", "QCForward", "is_torchscript_file", "model_identity", "read_model_card"]
+__all__ = [
+    "LungSegmenter",
+    "ModelCard",
+    "QCForward",
+    "is_torchscript_file",
+    "model_identity",
+    "read_model_card",
+    "weights_sha256",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +84,27 @@ _IDENTITY_HASH_CHARS = 12
 _HASH_CHUNK = 1 << 20
 
 
+def _digest_state_dict(network: torch.nn.Module) -> hashlib._Hash:
+    digest = hashlib.sha256()
+    for key, value in network.state_dict().items():
+        digest.update(key.encode())
+        flat = value.detach().cpu().contiguous().reshape(-1)  # reshape: 0-d tensors cannot be viewed as bytes
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest
+
+
+def weights_sha256(network: torch.nn.Module) -> str:
+    """SHA-256 of a network's state-dict (names and tensor bytes): the same for a ``model.pt`` and its TorchScript
+    export, different for any other weights. QC calibrations record it
+    (:func:`lungseg_monai.qc.quality.calibration_problem`).
+
+    Example:
+        >>> len(weights_sha256(torch.nn.Linear(2, 1)))
+        64
+    """
+    return _digest_state_dict(network).hexdigest()
+
+
 def model_identity(model_path: str | os.PathLike | None = None, network: torch.nn.Module | None = None) -> str:
     """A short name that changes whenever the weights change: ``LungUNet-resnet50-<sha256 of the weights>``.
 
@@ -87,16 +116,13 @@ def model_identity(model_path: str | os.PathLike | None = None, network: torch.n
         >>> model_identity(network=torch.nn.Linear(2, 1)).startswith("Linear-")
         True
     """
-    digest = hashlib.sha256()
     if model_path is not None:
+        digest = hashlib.sha256()
         with open(model_path, "rb") as f:
             for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
                 digest.update(chunk)
     elif network is not None:
-        for key, value in network.state_dict().items():
-            digest.update(key.encode())
-            flat = value.detach().cpu().contiguous().reshape(-1)  # reshape: 0-d tensors cannot be viewed as bytes
-            digest.update(flat.view(torch.uint8).numpy().tobytes())
+        digest = _digest_state_dict(network)
     else:
         raise ValueError("model_identity needs a model file or a network")
     name = type(network).__name__ if network is not None else "LungUNet"
@@ -239,7 +265,8 @@ class LungSegmenter:
         identity: the model's identity (see :func:`model_identity`); computed from the network's
             weights when not given.
         quality_control: the mask quality check; default: from the card's ``"qc"`` calibration
-            (None when the model was never calibrated: results then say QC is unavailable).
+            when it was fitted on exactly these weights (:func:`~lungseg_monai.qc.quality.calibration_problem`);
+            otherwise None, :attr:`qc_unavailable_reason` says why and every verdict is ``unavailable``.
         precision: ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"`` or a resolved :class:`Precision`
             (see :func:`~lungseg_monai.inference.precision.resolve_precision`); probabilities are
             always computed and thresholded in fp32.
@@ -262,8 +289,18 @@ class LungSegmenter:
     ) -> None:
         self.device = torch.device(device)
         self.identity = identity or model_identity(network=network)
+        self._weights_sha256: str | None = None
         self.network = network.to(self.device).eval()
         self.card = dict(card)
+        self.qc_unavailable_reason: str | None = None
+        if quality_control is None:
+            calibration = self.card.get("qc")
+            self.qc_unavailable_reason = calibration_problem(calibration, self.weights_sha256 if calibration else "")
+            if self.qc_unavailable_reason is None:
+                quality_control = QualityControl(self.card["qc"])
+            elif self.card.get("qc"):  # a calibration that does not fit: say so once, loudly
+                logger.warning("quality control unavailable: %s", self.qc_unavailable_reason)
+        self.qc = quality_control
         self.threshold = float(self.card["threshold"])
         self.postprocess = CleanLungMask() if postprocess is True else (postprocess or None)
         self.precision = resolve_precision(precision, self.device)
@@ -283,7 +320,13 @@ class LungSegmenter:
             ]
         )
         self.resize_to_original = ResizeToOriginal()
-        self.qc = quality_control if quality_control is not None else QualityControl.from_card(self.card)
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the network's weights (:func:`weights_sha256`), computed once."""
+        if self._weights_sha256 is None:
+            self._weights_sha256 = weights_sha256(self.network)
+        return self._weights_sha256
 
     @classmethod
     def from_model(
@@ -337,10 +380,12 @@ class LungSegmenter:
         )
 
     def settings(self) -> dict[str, Any]:
-        """Everything that decides the masks this segmenter makes: model identity, threshold, clean-up, precision.
+        """Everything that decides the masks and verdicts this segmenter makes: model identity, threshold,
+        clean-up, precision and the QC calibration (a hash of it; None when QC is unavailable).
 
-        Two segmenters with equal settings make the same mask for the same file; the output
-        manifest of ``lungseg infer`` reuses an output only when they are equal.
+        Two segmenters with equal settings make the same mask and verdict for the same file; the
+        output manifest of ``lungseg infer`` reuses an output only when they are equal, and the
+        UIDs of DICOM results derive from them (:class:`~lungseg_monai.outputs.dicom_uids.ResultUIDs`).
         """
         settings = {
             "model": self.identity,
@@ -348,11 +393,17 @@ class LungSegmenter:
             "threshold": self.threshold,
             "postprocess": repr(self.postprocess),
             "precision": self.precision.name,
+            "qc": calibration_digest(self.qc.calibration) if self.qc is not None else None,
         }
         kept = fp32_stages(self.network)
         if kept:  # bf16 with fp32 stages makes other masks than all-bf16 did
             settings["fp32_stages"] = kept
         return settings
+
+    def result_settings(self, write_rejected: bool) -> dict[str, Any]:
+        """:meth:`settings` plus whether a rejected mask gets a DICOM SEG: what decides the content of every
+        output of ``lungseg infer`` and ``lungseg node`` (the SR references the SEG only when there is one)."""
+        return {**self.settings(), "write_rejected": bool(write_rejected)}
 
     def auto_batch_size(self) -> int:
         """Images per network call when none is given, by the model's input size and this device.
@@ -400,9 +451,7 @@ class LungSegmenter:
     def assess(self, qc_forward: QCForward) -> QCResult:
         """The quality verdict of one image's mask from its :meth:`forward_qc` output (batch of 1)."""
         if self.qc is None:
-            return QCResult.unavailable(
-                "the model has no QC calibration (run the bundle's calibrate_qc, or retrain)"
-            )
+            return QCResult.unavailable(self.qc_unavailable_reason or calibration_problem(None, ""))
         return self.qc.assess(self.qc_features(qc_forward), self._image_features(qc_forward))
 
     def qc_features(self, qc_forward: QCForward) -> dict[str, float]:

@@ -12,10 +12,12 @@ Layout of ``output_dir``::
     overlays/NAME.png     lung contour (red) over the radiograph
     nifti/NAME.nii.gz     mask 0/1 with the input's geometry (x = columns, y = rows)
     dicomseg/NAME.dcm     DICOM SEG referencing the source (DICOM inputs only; none for a
-                          mask quality control rejects, unless ``write_rejected``); its series
-                          and SOP instance UIDs derive from the source's and the model identity
-                          (:class:`~lungseg_monai.outputs.dicom_uids.ResultUIDs`), so reruns
-                          give the same UIDs
+                          mask quality control rejects or an input refused before the network,
+                          unless ``write_rejected``: an earlier run's SEG of that name is then
+                          removed, never kept or sent under today's verdict); its series and SOP
+                          instance UIDs derive from the source's, the model identity and the
+                          settings (:class:`~lungseg_monai.outputs.dicom_uids.ResultUIDs`), so
+                          reruns give the same UIDs and other settings other UIDs
     dicomsr/NAME.dcm      DICOM SR (TID 1500) of the lung areas and the quality verdict, referencing
                           the source and the SEG when there is one (DICOM inputs only; a rejected
                           mask gets one too: it carries the verdict)
@@ -24,10 +26,13 @@ Layout of ``output_dir``::
     measurements.csv      one row per NAME: total, right and left lung area (px, cm²) and the
                           quality verdict (qc_status, qc_score, qc_reasons)
     manifest.json         per NAME: its input (resolved path, size, mtime, SHA-256), model identity,
-                          settings and the outputs made from them; names and reruns follow it
+                          settings, the outputs made from them and their quality verdict; names,
+                          reruns and the verdicts of kept outputs follow it
 
 Every mask gets a quality verdict (:mod:`lungseg_monai.qc`): ``pass``, ``review`` or ``reject``
-(``unavailable`` for a model without QC calibration), counted in the run's summary.
+(``unavailable`` when the model's QC calibration is missing or not for these weights), counted in
+the run's summary. The summary holds the verdict of every input of the run, kept ones included
+(read back from the manifest), so a rerun's report and ``--fail-on`` exit code equal a fresh run's.
 """
 
 from __future__ import annotations
@@ -46,7 +51,13 @@ import pydicom
 import torch
 from tqdm import tqdm
 
-from lungseg_monai.inference.discovery import Discovery, InferenceInput, SkippedInput, discover_inputs
+from lungseg_monai.inference.discovery import (
+    Discovery,
+    InferenceInput,
+    SkippedInput,
+    discover_inputs,
+    read_dicom_header,
+)
 from lungseg_monai.inference.manifest import MANIFEST_FILE, InputState, OutputManifest
 from lungseg_monai.inference.options import (
     DEFAULT_FORMATS,
@@ -61,7 +72,14 @@ from lungseg_monai.outputs import overlay_contours, save_overlay, save_png
 from lungseg_monai.outputs.dicom_uids import ResultUIDs
 from lungseg_monai.outputs.measurements import measure_radiograph, read_measurements, write_measurements
 from lungseg_monai.outputs.nifti import NIFTI_SUFFIX, save_nifti_mask
-from lungseg_monai.qc.quality import QC_REJECT, QC_REVIEW, QC_STATUSES, QC_UNAVAILABLE, QCResult
+from lungseg_monai.qc.quality import (
+    QC_REJECT,
+    QC_REVIEW,
+    QC_STATUSES,
+    QC_UNAVAILABLE,
+    QCResult,
+    UncalibratedModelError,
+)
 from lungseg_monai.qc.input import ImplausibleInputError, ensure_plausible
 
 __all__ = [
@@ -126,7 +144,8 @@ class InferenceSummary:
         failed: files that could not be segmented or written, with the reason.
         written: every file written.
         qc: the quality verdict of every input of this run that was read, by output name
-            (``reject`` for those refused before the network).
+            (``reject`` for those refused before the network); for inputs whose outputs were
+            kept, the verdict they were made with (from the manifest).
     """
 
     output_dir: Path
@@ -145,11 +164,19 @@ class InferenceSummary:
             counts[result.status] += 1
         return counts
 
-    def qc_failed(self, fail_on: str | None) -> list[str]:
-        """Names whose verdict is ``fail_on`` (``review`` or ``reject``) or worse; [] when ``fail_on`` is None."""
+    def qc_failed(self, fail_on: str | None, allow_uncalibrated: bool = False) -> list[str]:
+        """Names whose verdict is ``fail_on`` (``review`` or ``reject``) or worse; [] when ``fail_on`` is None.
+
+        ``unavailable`` (no usable QC calibration) fails either, unless ``allow_uncalibrated``: a
+        gate that cannot check a mask does not pass it.
+        """
         if fail_on is None:
             return []
-        return sorted(name for name, result in self.qc.items() if result.at_least(fail_on))
+        return sorted(
+            name
+            for name, result in self.qc.items()
+            if result.at_least(fail_on) or (result.status == QC_UNAVAILABLE and not allow_uncalibrated)
+        )
 
     @property
     def ok(self) -> bool:
@@ -204,18 +231,35 @@ class _Job:
     targets: dict[str, Path]  # per-file outputs still to write
     measure: bool  # a measurements row is needed
     seg_kept: Path | None = None  # the SEG a new SR references when the SEG itself is kept
+    produced: list[str] = field(default_factory=list)  # the formats written (a withheld SEG is not)
 
 
 @dataclass(frozen=True)
 class _Options:
-    """Run-wide settings the writing threads need."""
+    """Run-wide settings the writing threads need.
+
+    Attributes:
+        write_rejected: write the DICOM SEG of a mask quality control rejects.
+        settings: what decides the outputs' content (:meth:`LungSegmenter.result_settings`): the
+            manifest's reuse rule and the DICOM results' UIDs.
+    """
 
     write_rejected: bool
+    settings: dict[str, Any]
 
 
 def _outputs(job: _Job) -> list[str]:
     """The formats a job writes, measurements included."""
     return [*job.targets, *(["measurements"] if job.measure else [])]
+
+
+def _withhold_seg(job: _Job, reason: str) -> None:
+    """No SEG for this job's input: remove one an earlier run left under its name (another model's, other
+    settings', or a ``write_rejected`` run's), so that it is never kept, listed or sent under this verdict."""
+    target = job.targets.get("dicomseg")
+    if target is not None and target.exists():
+        target.unlink()
+        logger.warning("'%s': removed the DICOM SEG of an earlier run '%s' (%s)", job.item.path, target, reason)
 
 
 def _plan(
@@ -226,19 +270,18 @@ def _plan(
     rows: dict[str, Any],
     manifest: OutputManifest,
     states: dict[InferenceInput, InputState | None],
-    segmenter: LungSegmenter,
+    settings: dict[str, Any],
 ) -> tuple[list[_Job], list[InferenceInput]]:
     """Outputs still to write per input. An existing output is kept only when the manifest says it was
     made from this input's content with this model and these settings; anything else is redone."""
     jobs, done = [], []
-    settings = segmenter.settings()
     for item in found.inputs:
         targets = {
             fmt: output_path(output_dir, fmt, item.name)
             for fmt in formats
             if fmt in _LAYOUT and (fmt not in _DICOM_FORMATS or item.is_dicom)
         }
-        valid = set() if overwrite else manifest.valid_outputs(item.name, states[item], segmenter.identity, settings)
+        valid = set() if overwrite else manifest.valid_outputs(item.name, states[item], settings["model"], settings)
         kept = {fmt: path for fmt, path in targets.items() if fmt in valid and path.exists()}
         targets = {fmt: path for fmt, path in targets.items() if fmt not in kept}
         measure = "measurements" in formats and ("measurements" not in valid or item.name not in rows)
@@ -275,10 +318,10 @@ def _write_outputs(
     radiograph: Radiograph,
     network_output: QCForward,
     options: _Options,
-) -> tuple[list[Path], dict[str, Any] | None, QCResult]:
+) -> tuple[list[Path], list[str], dict[str, Any] | None, QCResult]:
     """Mask and quality verdict from the network's output, then every output the job needs.
 
-    Returns (files written, CSV row or None, QC verdict).
+    Returns (files written, formats written, CSV row or None, QC verdict).
     """
     mask = segmenter.to_mask(network_output.probabilities[0], radiograph.shape)
     qc = segmenter.assess(network_output)
@@ -286,12 +329,15 @@ def _write_outputs(
     if row is not None:
         row.update(qc.as_row())
     dicom_wanted = any(fmt in _DICOM_FORMATS for fmt in job.targets)
-    source = pydicom.dcmread(job.item.path, stop_before_pixels=True) if dicom_wanted else None
+    # The reader's own header reader (force=True): files without preamble and file meta (ACR-NEMA
+    # style, old archives) were read for the mask and must get their DICOM results too.
+    source = read_dicom_header(job.item.path) if dicom_wanted else None
     seg = job.seg_kept
-    written = []
+    written, produced = [], []
     for fmt, target in job.targets.items():
         if fmt == "dicomseg" and qc.status == QC_REJECT and not options.write_rejected:
             logger.warning("'%s': no DICOM SEG, quality control rejects the mask (%s)", job.item.path, qc.reasons_text())
+            _withhold_seg(job, "quality control rejects the mask")
             continue
         if fmt == "mask":
             save_png(mask_to_uint8_2d(mask), target)
@@ -300,11 +346,12 @@ def _write_outputs(
         elif fmt == "nifti":
             save_nifti_mask(mask, target, radiograph.geometry)
         elif source is not None:
-            _write_dicom(fmt, target, job.item.path, source, segmenter.identity, mask, radiograph, qc, row, seg)
+            _write_dicom(fmt, target, job.item.path, source, segmenter.identity, options, mask, radiograph, qc, row, seg)
             if fmt == "dicomseg":
                 seg = target  # the SR of this job references it
         written.append(target)
-    return written, row if job.measure else None, qc
+        produced.append(fmt)
+    return written, produced, row if job.measure else None, qc
 
 
 def _write_dicom(
@@ -313,6 +360,7 @@ def _write_dicom(
     source_path: Path,
     source: pydicom.Dataset,
     identity: str,
+    options: _Options,
     mask: np.ndarray,
     radiograph: Radiograph,
     qc: QCResult,
@@ -321,11 +369,12 @@ def _write_dicom(
 ) -> None:
     """Write the ``dicomseg``, ``dicomsr`` or ``dicomsc`` result of a DICOM input.
 
-    Its UIDs derive from the source's and the model identity (:class:`ResultUIDs`): the same in
-    every run, so resending a result to a PACS never makes a second object. The SR references
+    Its UIDs derive from the source's, the model identity and the settings (:class:`ResultUIDs`):
+    the same in every run with these settings, so resending a result to a PACS never makes a
+    second object, and other settings never reuse a UID for other content. The SR references
     ``seg`` when there is one. highdicom is imported here, only when DICOM results are asked for.
     """
-    uids = ResultUIDs.for_source(source, identity)
+    uids = ResultUIDs.for_source(source, identity, options.settings)
     if fmt == "dicomseg":
         from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg
 
@@ -430,7 +479,7 @@ class _Pipeline:
         while self.writes and (len(self.writes) > keep or self.writes[0][1].done()):
             job, future = self.writes.popleft()
             try:
-                written, row, qc = future.result()
+                written, job.produced, row, qc = future.result()
             except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
                 self._fail(job, e)
                 continue
@@ -443,6 +492,7 @@ class _Pipeline:
 
     def _reject(self, job: _Job, error: ImplausibleInputError) -> None:
         self.summary.rejected.append(SkippedInput(job.item.path, error.reason))
+        _withhold_seg(job, f"the input is refused: {error.reason}")
         verdict = QCResult.refused(error.reason)
         self.summary.qc[job.item.name] = verdict
         if job.measure:
@@ -470,6 +520,7 @@ def segment_files(
     write_rejected: bool = False,
     check_headers: bool = True,
     precision: str = DEFAULT_PRECISION,
+    allow_uncalibrated: bool = True,
 ) -> InferenceSummary:
     """Segment radiographs in files, folders and DICOM studies and write the outputs.
 
@@ -494,10 +545,15 @@ def segment_files(
         precision: one of :data:`~lungseg_monai.inference.options.PRECISIONS` (see
             :func:`~lungseg_monai.inference.precision.resolve_precision`); ignored when ``model``
             is a LungSegmenter.
+        allow_uncalibrated: False: refuse a model whose quality control is unavailable
+            (:attr:`LungSegmenter.qc_unavailable_reason`) before segmenting anything.
 
     Returns:
         An :class:`InferenceSummary`; ``summary.ok`` is False when any file failed (rejected
         and skipped files do not count as failures).
+
+    Raises:
+        UncalibratedModelError: ``allow_uncalibrated`` is False and the model's QC is unavailable.
 
     Example:
         >>> s = segment_files(["study/"], "out", "bundles/lung_cxr_segmentation/models/model.pt")  # doctest: +SKIP
@@ -513,6 +569,8 @@ def segment_files(
         if isinstance(model, LungSegmenter)
         else LungSegmenter.from_model(model, device, postprocess=postprocess, precision=precision)
     )
+    if not allow_uncalibrated and segmenter.qc is None:
+        raise UncalibratedModelError(segmenter.qc_unavailable_reason or "the model has no QC calibration")
     manifest = OutputManifest.load(output_dir)
     # Never segment our own outputs, even when OUT_DIR is (inside) an input folder.
     excluded = [output_dir, *(output_dir / folder for folder, _ in _LAYOUT.values())]
@@ -536,11 +594,12 @@ def segment_files(
     rows_before = dict(rows)
     with ThreadPoolExecutor(workers, thread_name_prefix="lungseg-hash") as pool:
         states = dict(zip(found.inputs, pool.map(manifest.state, [item.path for item in found.inputs])))
-    jobs, summary.up_to_date = _plan(found, output_dir, formats, overwrite, rows, manifest, states, segmenter)
+    identity, settings = segmenter.identity, segmenter.result_settings(bool(write_rejected))
+    jobs, summary.up_to_date = _plan(found, output_dir, formats, overwrite, rows, manifest, states, settings)
     if batch_size is None:
         batch_size = segmenter.auto_batch_size()
-    identity, settings = segmenter.identity, segmenter.settings()
-    for item in summary.up_to_date:  # kept: refresh the stat of touched but unchanged inputs
+    for item in summary.up_to_date:  # kept: its verdict is the one recorded; refresh the stat of touched inputs
+        summary.qc[item.name] = QCResult.from_row(manifest.verdict(item.name) or {})
         if states[item] is not None:
             manifest.record(item.name, states[item], identity, settings, ())
     for job in jobs:  # about to be rewritten: not vouched for until written (a killed run redoes them)
@@ -552,7 +611,7 @@ def segment_files(
             len(summary.up_to_date),
             output_dir,
         )
-    options = _Options(bool(write_rejected))
+    options = _Options(bool(write_rejected), settings)
     pipeline = _Pipeline(segmenter, summary, rows, options, batch_size, workers, progress, len(jobs))
     try:
         pipeline.run(jobs)
@@ -561,7 +620,9 @@ def segment_files(
         succeeded = set(summary.segmented)
         for job in jobs:
             if job.item in succeeded and states[job.item] is not None:
-                manifest.record(job.item.name, states[job.item], identity, settings, _outputs(job))
+                produced = [*job.produced, *(["measurements"] if job.measure else [])]
+                verdict = summary.qc[job.item.name].as_row()
+                manifest.record(job.item.name, states[job.item], identity, settings, produced, verdict)
         for name in [n for n in rows if manifest.stale(n, "measurements")]:
             del rows[name]  # made from an input or settings the name's outputs no longer come from
         if rows != rows_before and not _save(

@@ -9,7 +9,9 @@ Image Sequence naming the radiograph (purpose DCM 121322 "Source image for image
 operation"), Derivation Code DCM 113076 "Segmentation" and a Derivation Description naming the
 model. Its pixels lie on the source's grid, so the source's Patient Orientation and Pixel Spacing
 (when it states one) are passed on; a source without Patient Orientation gives an empty one (type
-2C), none is invented. Burned In Annotation is NO: only the contour is drawn, no text.
+2C), none is invented. Burned In Annotation is the source's: the SC's pixels are the source film's,
+which on older CR/SC films often carry the patient's name, and de-identification pipelines trust
+that attribute; a source that does not say gets YES (it cannot be vouched for).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from lungseg_monai import __version__
 from lungseg_monai.outputs.atomic import atomic_path
 from lungseg_monai.outputs.dicom_header import MANUFACTURER, MODEL_NAME, patient_study_header, read_source_header
 
-__all__ = ["SC_SERIES_DESCRIPTION", "SC_SERIES_NUMBER", "make_overlay_sc", "save_overlay_sc"]
+__all__ = ["SC_SERIES_DESCRIPTION", "SC_SERIES_NUMBER", "burned_in_annotation", "make_overlay_sc", "save_overlay_sc"]
 
 SC_SERIES_DESCRIPTION = "Lung overlay (lungseg_monai)"
 SC_SERIES_NUMBER = 1003
@@ -118,8 +120,15 @@ def make_overlay_sc(
     if derivation_description is None:
         derivation_description = f"Lung contour (red) segmented by {identity}, drawn over the radiograph"
     sc.DerivationDescription = derivation_description[:_ST_MAX_CHARS]
-    sc.BurnedInAnnotation = "NO"
+    sc.BurnedInAnnotation = burned_in_annotation(source)
     return sc
+
+
+def burned_in_annotation(source: Dataset) -> str:
+    """The Burned In Annotation (0028,0301) of an image made from ``source``'s pixels: the source's own
+    ``YES``/``NO``; ``YES`` when the source has none or an unknown value (its pixels may carry text)."""
+    value = str(source.get("BurnedInAnnotation", "") or "").strip().upper()
+    return value if value in ("YES", "NO") else "YES"
 
 
 def save_overlay_sc(

@@ -38,7 +38,7 @@ from pydicom.uid import generate_uid
 from lungseg_monai import __version__
 from lungseg_monai.outputs.atomic import atomic_path
 from lungseg_monai.outputs.dicom_header import MANUFACTURER, MODEL_NAME, patient_study_header
-from lungseg_monai.qc.quality import QC_REJECT, QC_REVIEW, QCResult
+from lungseg_monai.qc.quality import QC_REJECT, QC_REVIEW, QC_UNAVAILABLE, QCResult
 
 __all__ = [
     "ALGORITHM_TYPES",
@@ -60,8 +60,9 @@ ARTIFICIAL_INTELLIGENCE = ("113037", "DCM", "Artificial Intelligence")
 SEG_SERIES_NUMBER = 1001
 SEG_SERIES_DESCRIPTION = "Lung segmentation (lungseg_monai)"
 CONTENT_DESCRIPTION = "Lungs segmented automatically"
-# A person's label: another series, so a PACS lists corrections apart from the model's masks.
-MANUAL_SEG_SERIES_NUMBER = 1002
+# A person's label: another series, so a PACS lists corrections apart from the model's masks
+# (1002 is the SR's, 1003 the overlay SC's, 1004 the manual label overlay's).
+MANUAL_SEG_SERIES_NUMBER = 1005
 MANUAL_SEG_SERIES_DESCRIPTION = "Lung label (manual)"
 MANUAL_CONTENT_DESCRIPTION = "Lungs labelled by a person"
 # Segment Algorithm Type (0062,0008) values a lung segment may have.
@@ -163,7 +164,10 @@ def read_lung_seg_mask(seg: Dataset, source_sop_instance_uid: str) -> np.ndarray
 
 
 def qc_content_description(qc: QCResult) -> str:
-    """The SEG's Content Description: says when quality control wants the mask reviewed or rejects it."""
+    """The SEG's Content Description: says when quality control wants the mask reviewed, rejects it, or could
+    not check it (``unavailable``: never described like a pass)."""
+    if qc.status == QC_UNAVAILABLE:
+        return f"QC unavailable: {qc.reasons_text()}"
     if qc.status == QC_REVIEW:
         return f"QC review: {qc.reasons_text()}"
     if qc.status == QC_REJECT:
@@ -239,7 +243,7 @@ def make_lung_seg(
             that quality control sends to review says so here); default: says whether the
             lungs were segmented automatically or labelled by a person.
         algorithm_type: ``AUTOMATIC`` (default: the model's mask), ``SEMIAUTOMATIC`` or
-            ``MANUAL`` (a person's label: series "Lung label (manual)", number 1002).
+            ``MANUAL`` (a person's label: series "Lung label (manual)", number 1005).
 
     Raises:
         ValueError: the mask's shape differs from the source's Rows x Columns, or an unknown

@@ -16,7 +16,10 @@ What it fits:
    mask features into an estimated Dice (``qc_score``), against the Dice of each validation
    mask at the image's own resolution.
 
-The result is written into the model card (``model.json``) under ``"qc"``, atomically.
+The result is written into the model card (``model.json``) under ``"qc"``, atomically, with the
+SHA-256 of the weights it was fitted on (``weights_sha256``): a model whose weights differ from
+those (another file beside the card, a crash between the two renames of a training) gets
+``unavailable`` verdicts instead of another model's (:func:`lungseg_monai.qc.quality.calibration_problem`).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from scipy.stats import spearmanr
 from lungseg_monai.io import read_mask, read_radiograph
 from lungseg_monai.qc.mask import dice, feature_ranges, mask_features
 from lungseg_monai.qc.ood import FeatureDistribution
-from lungseg_monai.qc.quality import ScoreModel, out_of_range
+from lungseg_monai.qc.quality import CALIBRATION_VERSION, ScoreModel, out_of_range
 
 __all__ = ["OOD_MARGIN", "QC_CARD_KEY", "SCORE_FEATURES", "calibrate"]
 
@@ -49,7 +52,6 @@ OOD_MARGIN = 1.2
 SCORE_FEATURES = ("soft_dice", "tta_dice", "uncertain_share", "ood_distance", "n_out_of_range")
 RIDGE_ALPHA = 1.0
 QC_CARD_KEY = "qc"
-CALIBRATION_VERSION = 1
 _BATCH = 8
 
 
@@ -112,6 +114,7 @@ def calibrate(
     ood_threshold = OOD_MARGIN * max(r["ood_distance"] for r in rows)
     calibration: dict[str, Any] = {
         "version": CALIBRATION_VERSION,
+        "weights_sha256": segmenter.weights_sha256,
         "tta": bool(tta),
         "features": distribution.to_dict(),
         "ood_threshold": ood_threshold,

@@ -14,10 +14,17 @@ at the end of training (:mod:`lungseg_monai.qc.calibration`) and stored in the m
 - ``pass``: none of these.
 
 A model whose card has no ``"qc"`` calibration still segments; its results say ``unavailable``.
+So does a model whose calibration cannot be vouched for (:func:`calibration_problem`): one fitted
+on other weights (a card beside other weights, a crash between writing ``model.pt`` and
+``model.json``), of another calibration version, or without the weights' hash. ``unavailable``
+is not a pass: the gates that act on verdicts (``lungseg infer --fail-on``, ``--stow-to``,
+``lungseg node``) stop it unless told to allow uncalibrated results.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +40,13 @@ __all__ = [
     "QC_REVIEW",
     "QC_STATUSES",
     "QC_UNAVAILABLE",
+    "CALIBRATION_VERSION",
     "QCResult",
     "QualityControl",
     "ScoreModel",
+    "UncalibratedModelError",
+    "calibration_digest",
+    "calibration_problem",
     "out_of_range",
 ]
 
@@ -51,6 +62,11 @@ REJECT_BELOW = 0.80
 RANGE_MARGIN = 0.10
 REJECT_OUT_OF_RANGE = 2
 EXPECTED_REGIONS = 2
+# Version of the card's "qc" entry. 2: it records the SHA-256 of the weights it was fitted on
+# (``weights_sha256``); a version 1 calibration cannot be tied to its weights and is not used.
+CALIBRATION_VERSION = 2
+# Hex digits of a calibration's hash kept in the output settings.
+_DIGEST_CHARS = 16
 _FEATURE_WORDS = {
     "lung_fraction": "lung fraction",
     "side_ratio": "smaller/larger lung ratio",
@@ -103,6 +119,20 @@ class QCResult:
     def unavailable(cls, reason: str) -> QCResult:
         return cls(QC_UNAVAILABLE, None, (reason,))
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> QCResult:
+        """The verdict :meth:`as_row` wrote (features are not kept).
+
+        Raises:
+            ValueError: an unknown ``qc_status``.
+        """
+        status = str(row.get("qc_status", ""))
+        if status not in _SEVERITY:
+            raise ValueError(f"unknown qc_status {status!r}; expected one of {', '.join(QC_STATUSES)}")
+        score = row.get("qc_score")
+        reasons = str(row.get("qc_reasons") or "")
+        return cls(status, None if score in (None, "") else float(score), tuple(reasons.split("; ")) if reasons else ())
+
 
 @dataclass
 class ScoreModel:
@@ -150,6 +180,56 @@ class ScoreModel:
             np.asarray(data["weights"], dtype=np.float64),
             float(data["intercept"]),
         )
+
+
+class UncalibratedModelError(ValueError):
+    """A gate was asked to act on quality verdicts with a model whose QC is unavailable.
+
+    Args:
+        reason: why QC is unavailable (:func:`calibration_problem`).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"quality control is unavailable: {reason}. Results would go out unchecked, with QC verdict "
+            "'unavailable'; calibrate the model (python -m monai.bundle run calibrate_qc ...) or, to send them "
+            "anyway, pass --allow-uncalibrated"
+        )
+        self.reason = reason
+
+
+def calibration_digest(calibration: Mapping[str, Any] | None) -> str | None:
+    """A short hash of a ``"qc"`` calibration (None for none): outputs made under another calibration are redone."""
+    if not calibration:
+        return None
+    text = json.dumps(calibration, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:_DIGEST_CHARS]
+
+
+def calibration_problem(calibration: Mapping[str, Any] | None, weights_sha256: str) -> str | None:
+    """Why a model card's ``"qc"`` calibration cannot be used with these weights, or None when it can.
+
+    Args:
+        calibration: the card's ``"qc"`` entry (None or empty: the model was never calibrated).
+        weights_sha256: SHA-256 of the weights the model runs with
+            (:func:`lungseg_monai.inference.predictor.weights_sha256`).
+    """
+    fix = "recalibrate it (the bundle's calibrate_qc) or retrain"
+    if not calibration:
+        return "the model has no QC calibration (run the bundle's calibrate_qc, or retrain)"
+    version = calibration.get("version")
+    if version != CALIBRATION_VERSION:
+        return (
+            f"the model's QC calibration is version {version!r}, this lungseg_monai reads version "
+            f"{CALIBRATION_VERSION}; {fix}"
+        )
+    fitted_on = calibration.get("weights_sha256")
+    if fitted_on != weights_sha256:
+        return (
+            f"the model's QC calibration was fitted on other weights (sha256 {str(fitted_on)[:12]}..., these weights "
+            f"are {weights_sha256[:12]}...): the model card does not belong to this model file; {fix}"
+        )
+    return None
 
 
 def _fmt(value: float) -> str:

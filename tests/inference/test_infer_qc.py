@@ -101,10 +101,126 @@ def test_review_is_said_in_the_seg_and_fails_only_with_fail_on_review(segmenting
     assert _infer(model, tmp_path / "out2", "--fail-on", "review") == 3
 
 
-def test_a_model_without_calibration_segments_with_qc_unavailable(segmenting_bundle: Path, tmp_path: Path) -> None:
+def _infer_png(model: Path, out: Path, *extra: str) -> int:
+    return main(["infer", str(PNG), "-o", str(out), "--model", str(model), "--no-progress", *extra])
+
+
+@pytest.mark.parametrize("fail_on", ["review", "reject"])
+def test_a_model_without_calibration_segments_but_fails_fail_on_unless_allowed(
+    segmenting_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, fail_on: str
+) -> None:
+    """A gate that cannot check a mask does not pass it: 'unavailable' fails --fail-on review and reject."""
     model = _bundle_with(segmenting_bundle, tmp_path / "bundle", None)
     out = tmp_path / "out"
-    assert main(["infer", str(PNG), "-o", str(out), "--model", str(model), "--no-progress", "--fail-on", "review"]) == 0
+    caplog.set_level("INFO", logger="lungseg_monai")
+    assert _infer_png(model, out, "--fail-on", fail_on) == 3
     row = _rows(out)["1052b0fe"]
     assert row["qc_status"] == "unavailable" and row["qc_score"] == ""
     assert "no QC calibration" in row["qc_reasons"]
+    assert (out / "masks" / "1052b0fe.png").is_file()  # all outputs are still written
+    assert "1 of them unchecked: QC unavailable (the model has no QC calibration" in caplog.text
+    assert _infer_png(model, out, "--fail-on", fail_on, "--allow-uncalibrated") == 0
+    assert _infer_png(model, out) == 0  # no gate asked for: verdicts alone do not fail a run
+
+
+def test_a_rerun_gives_the_exit_code_and_counts_of_the_first_run(
+    segmenting_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Outputs kept from the first run count with the verdict they were made with (from the manifest)."""
+    model = _bundle_with(segmenting_bundle, tmp_path / "bundle", {"ood_threshold": 0.0})
+    out = tmp_path / "out"
+    caplog.set_level("INFO", logger="lungseg_monai")
+    assert _infer_png(model, out, "--fail-on", "reject") == 3
+    caplog.clear()
+    assert _infer_png(model, out, "--fail-on", "reject") == 3
+    assert "0 segmented, 0 rejected, 1 already done" in caplog.text
+    assert "quality control: 0 pass, 0 review, 1 reject" in caplog.text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["names"]["1052b0fe"]["qc"]["qc_status"] == "reject"
+
+
+def test_stow_to_refuses_a_model_without_calibration_unless_allowed(
+    segmenting_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Results for a PACS must have been checked: nothing is segmented or sent, and the error says what to do."""
+    model = _bundle_with(segmenting_bundle, tmp_path / "bundle", None)
+    out = tmp_path / "out"
+    stow = ["--formats", "mask,dicomseg", "--stow-to", "http://127.0.0.1:9/dicom-web"]
+    assert _infer_png(model, out, *stow) == 1
+    assert "quality control is unavailable: the model has no QC calibration" in caplog.text
+    assert "pass --allow-uncalibrated" in caplog.text
+    assert not (out / "masks").exists()
+
+
+def test_a_calibration_fitted_on_other_weights_is_not_used(
+    segmenting_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model card beside other weights (or left by a crash between the renames of model.pt and model.json):
+    its calibration is another model's, so verdicts are 'unavailable' and say why; gates stop them."""
+    import torch
+
+    from lungseg_monai.inference import LungSegmenter
+
+    model = _bundle_with(segmenting_bundle, tmp_path / "bundle", {})
+    state = torch.load(model, weights_only=True)
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first] + 0.001
+    torch.save(state, model)
+    segmenter = LungSegmenter.from_model(model, device="cpu")
+    assert segmenter.qc is None
+    assert "QC calibration was fitted on other weights" in segmenter.qc_unavailable_reason
+    assert _infer_png(model, tmp_path / "out", "--fail-on", "reject") == 3
+    assert _rows(tmp_path / "out")["1052b0fe"]["qc_reasons"].startswith(
+        "the model's QC calibration was fitted on other weights"
+    )
+    old = _bundle_with(segmenting_bundle, tmp_path / "old", {"version": 1})
+    assert "QC calibration is version 1" in LungSegmenter.from_model(old, device="cpu").qc_unavailable_reason
+
+
+def test_a_recalibration_redoes_the_outputs_and_their_verdicts(segmenting_bundle: Path, tmp_path: Path) -> None:
+    """The calibration is part of the output settings: the verdicts of a rerun are the new calibration's."""
+    model = _bundle_with(segmenting_bundle, tmp_path / "bundle", _constant_score(0.97))
+    out = tmp_path / "out"
+    assert _infer_png(model, out, "--fail-on", "review") == 0
+    assert _rows(out)["1052b0fe"]["qc_status"] == "pass"
+    card = json.loads(model.with_suffix(".json").read_text())
+    card["qc"]["score_model"]["intercept"] = 0.85
+    model.with_suffix(".json").write_text(json.dumps(card))
+    assert _infer_png(model, out, "--fail-on", "review") == 3
+    assert _rows(out)["1052b0fe"]["qc_status"] == "review"
+
+
+def test_a_withheld_seg_is_removed_never_kept_or_sent(segmenting_bundle: Path, tmp_path: Path) -> None:
+    """An earlier run's SEG (another model's, or a --write-rejected-seg run's) is removed when today's verdict
+    withholds it, and is neither recorded in the manifest nor among the results --stow-to sends."""
+    require_shared()
+    from lungseg_monai.inference.cli import _results_to_store
+    from lungseg_monai.inference.runner import segment_files
+
+    siim = str(pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True).SOPInstanceUID)
+    out = tmp_path / "out"
+    seg = out / "dicomseg" / f"{siim}.dcm"
+    passing = _bundle_with(segmenting_bundle, tmp_path / "pass", _constant_score(0.97))
+    rejecting = _bundle_with(segmenting_bundle, tmp_path / "reject", {"ood_threshold": 0.0})
+    for model, write_rejected, seg_expected in [
+        (passing, False, True),  # a pass: its SEG is written
+        (rejecting, False, False),  # another calibration rejects: the pass's SEG goes
+        (rejecting, True, True),  # asked for: the rejected mask's SEG
+        (rejecting, False, False),  # the same model without the flag: that SEG goes too
+    ]:
+        summary = segment_files(
+            [DICOM_JPEG_SIIM], out, model, formats="mask,dicomseg,dicomsr", progress=False, write_rejected=write_rejected
+        )
+        assert summary.ok and [i.name for i in summary.segmented] == [siim]
+        assert seg.exists() == seg_expected
+        outputs = json.loads((out / "manifest.json").read_text())["names"][siim]["outputs"]
+        assert ("dicomseg" in outputs) == seg_expected
+        assert (seg in _results_to_store(summary, write_rejected)) == seg_expected
+        sr = pydicom.dcmread(out / "dicomsr" / f"{siim}.dcm")
+        referenced = [
+            ref.ReferencedSOPInstanceUID
+            for study in sr.get("CurrentRequestedProcedureEvidenceSequence", [])
+            for series in study.ReferencedSeriesSequence
+            for ref in series.ReferencedSOPSequence
+        ]
+        assert (len(referenced) == 2) == seg_expected  # the image, and the SEG when there is one

@@ -185,17 +185,32 @@ def test_content_changed_in_place_with_the_same_size_and_mtime_is_hashed_again_s
     assert changed.sha256 != known.sha256
 
 
+def test_an_entry_without_a_verdict_vouches_for_no_output_synthetic(tmp_path: Path) -> None:
+    """Outputs recorded without their quality verdict (a manifest of an older lungseg) are redone, never kept
+    with an unknown verdict."""
+    (tmp_path / "a.png").write_bytes(b"a")
+    state = input_state(tmp_path / "a.png")
+    manifest = OutputManifest(tmp_path / MANIFEST_FILE)
+    manifest.record("a", state, "m-1", {"model": "m-1"}, ["mask"])
+    assert manifest.verdict("a") is None
+    assert manifest.valid_outputs("a", state, "m-1", {"model": "m-1"}) == set()
+
+
 def test_manifest_round_trip_keeps_entries_and_compares_settings_as_json_synthetic(tmp_path: Path) -> None:
     (tmp_path / "a.png").write_bytes(b"a")
     state = input_state(tmp_path / "a.png")
     settings = {"model": "m-1", "image_size": 64, "threshold": 0.5, "postprocess": "CleanLungMask()", "x": (1, 2)}
     manifest = OutputManifest(tmp_path / "out" / MANIFEST_FILE)
-    manifest.record("a", state, "m-1", settings, ["mask", "measurements"])
+    verdict = {"qc_status": "review", "qc_score": 0.85, "qc_reasons": "estimated Dice 0.85 < 0.90"}
+    manifest.record("a", state, "m-1", settings, ["mask", "measurements"], verdict)
     assert manifest.save() and not manifest.save()  # the second call has nothing new to write
     back = OutputManifest.load(tmp_path / "out")
     assert back.names() == {(tmp_path / "a.png").resolve(): "a"}
     assert back.valid_outputs("a", state, "m-1", settings) == {"mask", "measurements"}
     assert back.valid_outputs("a", state, "m-2", settings) == set()
     assert back.valid_outputs("a", state, "m-1", {**settings, "threshold": 0.4}) == set()
+    assert back.verdict("a") == verdict and back.verdict("b") is None
+    back.record("a", state, "m-1", settings, ())  # kept on a rerun: the verdict it was made with stays
+    assert back.verdict("a") == verdict
     back.forget("a", ["mask"])
     assert back.stale("a", "mask") and not back.stale("a", "measurements") and not back.stale("b", "mask")

@@ -81,6 +81,21 @@ def test_patient_names_are_not_warned_about_synthetic() -> None:
     assert (str(sc.PatientName), str(sc.ReferringPhysicianName), sc.PatientSex) == ("Doezzy^", "Smithzzy^", "")
 
 
+@pytest.mark.parametrize(("source_value", "expected"), [("YES", "YES"), ("NO", "NO"), (None, "YES"), ("", "YES")])
+def test_burned_in_annotation_is_the_sources_and_yes_when_unknown(source_value: str | None, expected: str) -> None:
+    """The SC's pixels are the source film's: text burned into it (a patient's name) is burned into the SC too."""
+    require_shared()
+    source = pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True)
+    if source_value is None:
+        if "BurnedInAnnotation" in source:
+            del source.BurnedInAnnotation
+    else:
+        source.BurnedInAnnotation = source_value
+    uids = ResultUIDs.for_source(source, IDENTITY)
+    sc = make_overlay_sc(source, np.zeros((1024, 1024, 3), np.uint8), IDENTITY, uids.sc_series_uid, uids.sc_sop_uid)
+    assert sc.BurnedInAnnotation == expected
+
+
 def test_overlay_of_another_size_or_type_is_refused() -> None:
     require_shared()
     source = pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True)
@@ -104,6 +119,6 @@ def test_infer_writes_the_overlay_png_and_its_secondary_capture_alike(tmp_path: 
     source = pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True)
     name = str(source.SOPInstanceUID)
     sc = pydicom.dcmread(tmp_path / "out" / "dicomsc" / f"{name}.dcm")
-    uids = ResultUIDs.for_source(source, segmenter.identity)
+    uids = ResultUIDs.for_source(source, segmenter.identity, segmenter.result_settings(False))
     assert (sc.SOPInstanceUID, sc.SeriesInstanceUID) == (uids.sc_sop_uid, uids.sc_series_uid)
     np.testing.assert_array_equal(sc.pixel_array, np.asarray(Image.open(tmp_path / "out" / "overlays" / f"{name}.png")))

@@ -158,7 +158,7 @@ def test_manual_seg_of_a_persons_label_reads_back_through_lungseg_and_highdicom(
     description = seg.get_segment_description(1)
     assert description.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.MANUAL
     assert "SegmentationAlgorithmIdentificationSequence" not in seg.SegmentSequence[0]
-    assert (seg.SeriesDescription, seg.SeriesNumber) == ("Lung label (manual)", 1002)
+    assert (seg.SeriesDescription, seg.SeriesNumber) == ("Lung label (manual)", 1005)
     assert seg.ContentDescription == "Lungs labelled by a person"
     assert lung_segment_number(seg) == 1
     np.testing.assert_array_equal(read_lung_seg_mask(seg, source.SOPInstanceUID), mask)

@@ -229,7 +229,7 @@ def test_infer_writes_an_sr_per_dicom_input_referencing_its_seg(tmp_path: Path) 
     for source_path, suffix, unit in ((DICOM_J2K_MONO1, "_px", "{pixels}"), (DICOM_JPEG_SIIM, "_cm2", "cm2")):
         source = pydicom.dcmread(source_path, stop_before_pixels=True)
         name = str(source.SOPInstanceUID)
-        uids = ResultUIDs.for_source(source, segmenter.identity)
+        uids = ResultUIDs.for_source(source, segmenter.identity, segmenter.result_settings(False))
         sr = pydicom.dcmread(tmp_path / "out" / "dicomsr" / f"{name}.dcm")
         assert (sr.SOPInstanceUID, sr.SeriesInstanceUID, sr.StudyInstanceUID) == (
             uids.sr_sop_uid,

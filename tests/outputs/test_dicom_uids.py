@@ -90,5 +90,6 @@ def test_infer_gives_the_same_seg_uids_on_rerun_and_for_the_node(tmp_path: Path)
         )
     assert seen[0] == seen[1] and len(seen[0]) == 2
     for source in (DICOM_J2K_MONO1, DICOM_JPEG_SIIM):
-        uids = ResultUIDs.for_source(pydicom.dcmread(source, stop_before_pixels=True), segmenter.identity)
+        header = pydicom.dcmread(source, stop_before_pixels=True)
+        uids = ResultUIDs.for_source(header, segmenter.identity, segmenter.result_settings(False))
         assert seen[0][uids.seg_sop_uid] == uids.seg_series_uid
