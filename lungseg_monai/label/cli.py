@@ -2,7 +2,9 @@
 
 ``--studies`` is a folder, or the DICOMweb root of a PACS (``http://127.0.0.1:8042/dicom-web``):
 the chest radiographs are then listed and retrieved with DICOMweb and saved labels stored back as
-DICOM SEG (see :mod:`lungseg_monai.label.dicomweb_datastore`).
+DICOM SEG (see :mod:`lungseg_monai.label.dicomweb_datastore`). There a person's SEG of an image
+always wins over a model's, and only people's SEGs are training labels unless
+``--train-on-automatic`` (then also the model's SEGs that quality control passed).
 
 It runs ``monailabel start_server`` in this process with the app in :mod:`lungseg_monai.label`.
 MONAI Label writes its own files (logs, a copy of the app's ``main.py``) to ``<workdir>/app``
@@ -73,6 +75,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="with a PACS: store each saved label also as a Secondary Capture of its contour over the film, "
         "for viewers (OHIF, most PACS viewers) that cannot overlay a SEG on a radiograph",
     )
+    parser.add_argument(
+        "--train-on-automatic",
+        action="store_true",
+        help="with a PACS: also fine-tune on the model-made (AUTOMATIC) lung SEGs of images no person has labelled, "
+        "e.g. those of lungseg node or lungseg infer --stow-to, if quality control passed them (Content Description "
+        "not starting 'QC review:' or 'QC reject:'). Default: only MANUAL and SEMIAUTOMATIC SEGs are training labels, "
+        "so the model never trains on its own masks. Either way a person's (MANUAL, then SEMIAUTOMATIC) SEG of an "
+        "image wins over a model's, whatever their dates",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -96,6 +107,8 @@ def start_server_args(args: argparse.Namespace, app_dir: Path, workdir: Path) ->
         argv += ["--conf", "train_config", str(args.train_config.resolve())]
     if args.overlay:
         argv += ["--conf", "overlay", "true"]
+    if args.train_on_automatic:
+        argv += ["--conf", "train_on_automatic", "true"]
     return argv
 
 
@@ -121,6 +134,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_ARGS
     else:
         default_workdir = Path(args.studies) / DEFAULT_WORKDIR_NAME
+        if args.train_on_automatic:
+            logger.warning(
+                "--train-on-automatic has no effect on a folder: its labels are all training labels "
+                "(it applies to the DICOM SEGs of a PACS)"
+            )
     if not args.model.is_file():
         logger.error("model '%s' does not exist; pass the models/model.pt written by the bundle's training", args.model)
         return EXIT_BAD_ARGS

@@ -14,13 +14,28 @@ secondary-capture chest radiographs of a DICOMweb server (Orthanc, dcm4chee, a c
   and deleting the cache loses nothing.
 - **Labels**: ``PUT /datastore/label`` (tag ``final``) checks the mask against its image and stores
   it in the PACS with STOW-RS as a DICOM SEG written by :func:`~lungseg_monai.outputs.dicom_seg.make_lung_seg`
-  (segment algorithm type MANUAL, referencing the source image, series "Lung label (manual)"). An
-  image is labelled when the PACS holds a lung SEG referencing it (a person's or a model's); its
-  label is the **latest** such SEG by Content Date and Content Time (ties: the larger SOP Instance
-  UID), read back with highdicom into ``<cache>/labels/SEG_SOP.png`` (0/1). Training
-  (``datalist``) uses those labels. With ``overlay=True`` each saved label is also stored as a
-  Secondary Capture of its contour over the film (series "Lung label overlay (manual)"): OHIF 3.6
-  and most PACS viewers cannot overlay a SEG on a CR/DX film that has no image plane.
+  (segment algorithm type MANUAL, referencing the source image, series "Lung label (manual)"). With
+  ``overlay=True`` each saved label is also stored as a Secondary Capture of its contour over the film
+  (series "Lung label overlay (manual)"): OHIF 3.6 and most PACS viewers cannot overlay a SEG on a
+  CR/DX film that has no image plane.
+- **Which SEG is an image's label**: any lung SEG in the PACS referencing the image, a person's or a
+  model's (``lungseg node``, ``lungseg infer --stow-to``). Provenance first, then recency: by the lung
+  segment's Segment Algorithm Type, MANUAL wins over SEMIAUTOMATIC, which wins over AUTOMATIC (or a
+  missing or unknown type), whatever their dates; among SEGs of the same type the latest by Content
+  Date and Content Time (ties: the larger SOP Instance UID). So a model's SEG stored after a
+  radiologist's correction never replaces it. That label is what the review page, ``GET
+  /datastore/label`` and ``/datastore`` give, with its ``SegmentAlgorithmType`` and
+  ``ContentDescription`` in the label info (a model's mask is never presented as a person's); it is
+  read back with highdicom into ``<cache>/labels/SEG_SOP.png`` (0/1).
+- **Training labels** (``datalist``, and the labelled images of ``get_labeled_images`` that MONAI
+  Label's training and next-sample strategies use) are the MANUAL and SEMIAUTOMATIC SEGs only, by
+  the same rule: an image whose SEGs are all AUTOMATIC is unlabelled for training, so the model is
+  never fine-tuned on its own masks. With ``train_on_automatic=True`` (``lungseg label
+  --train-on-automatic``) such an image is trained on its latest AUTOMATIC SEG **that quality
+  control passed**: one whose Content Description does not start with ``"QC "`` (the ``"QC review:
+  ..."``, ``"QC reject: ..."`` and ``"QC unavailable: ..."`` that
+  :func:`~lungseg_monai.outputs.dicom_seg.qc_content_description` writes: a mask QC could not check
+  is not a passed one). The label info says ``UsedForTraining``.
 
 A PACS that cannot be reached, or refuses a request, gives :class:`~lungseg_monai.label.errors.PacsError`
 (HTTP 502 with the server's URL and the reason) and the app keeps serving: an image already in the
@@ -62,7 +77,7 @@ from lungseg_monai.pacs.dicomweb import (
     stow,
 )
 
-__all__ = ["DicomwebDatastore", "LISTING_MAX_AGE_S", "SegLabel"]
+__all__ = ["DicomwebDatastore", "LISTING_MAX_AGE_S", "PROVENANCE_RANK", "QC_VERDICT_PREFIX", "SegLabel"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +89,13 @@ MANUAL_LABEL_KIND = "manual lung label"
 MANUAL_OVERLAY_KIND = "manual lung label overlay"
 MANUAL_OVERLAY_SERIES_DESCRIPTION = "Lung label overlay (manual)"
 MANUAL_OVERLAY_SERIES_NUMBER = 1004
+# Segment Algorithm Types by how much a person made the mask: a higher rank always wins (AUTOMATIC,
+# a missing or an unknown type: 0). Such labels are training labels.
+PROVENANCE_RANK = {"MANUAL": 2, "SEMIAUTOMATIC": 1}
+# How a SEG's Content Description starts when quality control did not pass its mask
+# (:func:`~lungseg_monai.outputs.dicom_seg.qc_content_description`: "QC review: ...", "QC reject: ...",
+# "QC unavailable: ...").
+QC_VERDICT_PREFIX = "QC "
 _FINAL = DefaultLabelTag.FINAL.value
 
 
@@ -85,18 +107,36 @@ class SegLabel:
         ref: where the SEG is.
         source_sop_uid: the SOP Instance UID of the image it references.
         content_datetime: Content Date + Content Time (``YYYYMMDDHHMMSS.ffffff``; "" when absent).
-        algorithm_type: the lung segment's Segment Algorithm Type (``MANUAL``, ``AUTOMATIC`` ...).
+        algorithm_type: the lung segment's Segment Algorithm Type (``MANUAL``, ``AUTOMATIC`` ...;
+            upper case, "" when absent).
+        content_description: the SEG's Content Description ("QC reject: ..." for a mask quality
+            control rejected).
     """
 
     ref: InstanceRef
     source_sop_uid: str
     content_datetime: str
     algorithm_type: str
+    content_description: str = ""
 
     @property
-    def order(self) -> tuple[str, str]:
-        """Sort key: later content date/time, then larger SOP Instance UID, is newer."""
-        return self.content_datetime, self.ref.sop_uid
+    def by_person(self) -> bool:
+        """True for a MANUAL or SEMIAUTOMATIC segment: a person drew or corrected it."""
+        return self.algorithm_type in PROVENANCE_RANK
+
+    @property
+    def qc_passed(self) -> bool:
+        """False when the Content Description gives a quality-control verdict (review, reject)."""
+        return not self.content_description.startswith(QC_VERDICT_PREFIX)
+
+    def trainable(self, train_on_automatic: bool) -> bool:
+        """Whether it may be a training label: a person's, or with ``train_on_automatic`` a model's that QC passed."""
+        return self.by_person or (train_on_automatic and self.qc_passed)
+
+    @property
+    def order(self) -> tuple[int, str, str]:
+        """Sort key, the larger wins: provenance (MANUAL, SEMIAUTOMATIC, other), content date/time, SOP UID."""
+        return PROVENANCE_RANK.get(self.algorithm_type, 0), self.content_datetime, self.ref.sop_uid
 
     def info(self) -> dict[str, str]:
         return {
@@ -105,7 +145,15 @@ class SegLabel:
             "StudyInstanceUID": self.ref.study_uid,
             "ContentDateTime": self.content_datetime,
             "SegmentAlgorithmType": self.algorithm_type,
+            "ContentDescription": self.content_description,
         }
+
+
+def _keep_best(labels: dict[str, SegLabel], label: SegLabel) -> None:
+    """Make ``label`` its image's entry of ``labels`` unless the entry there wins (:attr:`SegLabel.order`)."""
+    current = labels.get(label.source_sop_uid)
+    if current is None or label.order > current.order:
+        labels[label.source_sop_uid] = label
 
 
 def _content_datetime(header: pydicom.Dataset) -> str:
@@ -131,8 +179,10 @@ def _seg_labels(ref: InstanceRef, header: pydicom.Dataset) -> list[SegLabel]:
     if number is None:
         return []
     segment = next(s for s in header.SegmentSequence if int(s.SegmentNumber) == number)
-    algorithm_type = str(segment.get("SegmentAlgorithmType", ""))
-    return [SegLabel(ref, sop, _content_datetime(header), algorithm_type) for sop in _referenced_sops(header)]
+    algorithm_type = str(segment.get("SegmentAlgorithmType", "") or "").strip().upper()
+    description = str(header.get("ContentDescription", "") or "").strip()
+    when = _content_datetime(header)
+    return [SegLabel(ref, sop, when, algorithm_type, description) for sop in _referenced_sops(header)]
 
 
 class DicomwebDatastore(Datastore):
@@ -147,6 +197,8 @@ class DicomwebDatastore(Datastore):
         overlay: with each saved label, also store a Secondary Capture of its contour over the film
             (series "Lung label overlay (manual)"), for viewers that cannot overlay a SEG on a
             radiograph.
+        train_on_automatic: also train on AUTOMATIC SEGs that quality control passed, for images
+            without a person's label (see the module doc); default: only MANUAL and SEMIAUTOMATIC.
 
     Raises:
         ValueError: ``url`` is not an http(s) URL.
@@ -164,9 +216,11 @@ class DicomwebDatastore(Datastore):
         session: requests.Session | None = None,
         check_headers: bool = True,
         overlay: bool = False,
+        train_on_automatic: bool = False,
     ) -> None:
         self.url = check_url(url)
         self.overlay = overlay
+        self.train_on_automatic = train_on_automatic
         self.cache = Path(cache_dir)
         self.session = session
         self.check_headers = check_headers
@@ -175,7 +229,8 @@ class DicomwebDatastore(Datastore):
         self._lock = threading.RLock()
         self._listed_at = float("-inf")
         self._images: dict[str, InstanceRef] = {}  # chest radiographs of the last listing, by SOP UID
-        self._labels: dict[str, SegLabel] = {}  # latest lung SEG by image SOP UID
+        self._labels: dict[str, SegLabel] = {}  # each image's label (module doc), by image SOP UID
+        self._training: dict[str, SegLabel] = {}  # each image's training label, by image SOP UID
         self._classified: dict[str, str | None] = {}  # SOP UID -> why it is not listed (None: it is)
         self._seg_headers: dict[str, list[SegLabel]] = {}  # SEG SOP UID -> its labels
         self._image_info: dict[str, dict[str, Any]] = {}  # what clients stored (active-learning strategy)
@@ -247,18 +302,26 @@ class DicomwebDatastore(Datastore):
                 if r.modality.upper() not in NON_IMAGE_MODALITIES and self._classified.get(r.sop_uid, "") is None
             }
             labels: dict[str, SegLabel] = {}
+            training: dict[str, SegLabel] = {}
             for seg_sop, seg_labels in self._seg_headers.items():
                 if seg_sop not in listed:  # deleted from the PACS
                     continue
                 for label in seg_labels:
                     if label.source_sop_uid in self._images:
-                        current = labels.get(label.source_sop_uid)
-                        if current is None or label.order > current.order:
-                            labels[label.source_sop_uid] = label
+                        _keep_best(labels, label)
+                        if label.trainable(self.train_on_automatic):
+                            _keep_best(training, label)
             self._labels = labels
+            self._training = training
             self._listed_at = time.monotonic()
             self._last_error = ""
-            logger.debug("DICOMweb '%s': %d chest radiograph(s), %d labelled", self.url, len(self._images), len(labels))
+            logger.debug(
+                "DICOMweb '%s': %d chest radiograph(s), %d labelled, %d with a training label",
+                self.url,
+                len(self._images),
+                len(labels),
+                len(training),
+            )
 
     def _image_ref(self, image_id: str) -> InstanceRef:
         """The listed image ``image_id``; an unknown id makes the listing refresh once.
@@ -342,15 +405,18 @@ class DicomwebDatastore(Datastore):
     # --- Datastore: labels -----------------------------------------------------------------------
 
     def get_labeled_images(self, label_tag: str | None = None, labels: Sequence[str] | None = None) -> list[str]:
+        """Images with a training label (module doc): an image with only a model's SEG is not one of them."""
         self._refresh()
-        return sorted(self._labels) if label_tag in (None, _FINAL) else []
+        return sorted(self._training) if label_tag in (None, _FINAL) else []
 
     def get_unlabeled_images(self, label_tag: str | None = None, labels: Sequence[str] | None = None) -> list[str]:
+        """Images without a training label, including those with only a model's SEG (a person should review it)."""
         self._refresh()
         labelled = set(self.get_labeled_images(label_tag, labels))
         return sorted(set(self._images) - labelled)
 
     def get_labels_by_image_id(self, image_id: str) -> dict[str, str]:
+        """``{"final": image_id}`` when the image has a label to show (a model's SEG too), else ``{}``."""
         self._refresh()
         return {_FINAL: image_id} if image_id in self._labels else {}
 
@@ -358,24 +424,37 @@ class DicomwebDatastore(Datastore):
         return self.get_labels_by_image_id(image_id).get(tag, "")
 
     def seg_label(self, image_id: str) -> SegLabel | None:
-        """The latest lung SEG of an image (see the module doc), or None when it has none."""
+        """The image's label: its lung SEG by provenance, then recency (see the module doc); None without one."""
         self._refresh()
         return self._labels.get(image_id)
 
+    def training_label(self, image_id: str) -> SegLabel | None:
+        """The lung SEG the image is trained on (see the module doc), or None when it is not a training image."""
+        self._refresh()
+        return self._training.get(image_id)
+
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
-        """The 0/1 PNG of the image's latest lung SEG (retrieved, read with highdicom on first use); "" without one."""
+        """The 0/1 PNG of the image's label (retrieved, read with highdicom on first use); "" without one."""
         label = self.seg_label(label_id) if label_tag == _FINAL else None
-        if label is None:
-            return ""
+        return "" if label is None else self._label_png(label)
+
+    def _label_png(self, label: SegLabel) -> str:
+        """The 0/1 PNG of one lung SEG over its image, retrieved and read with highdicom on first use."""
         png = self.cache / "labels" / f"{label.ref.sop_uid}.png"
         if not png.is_file():
             seg_path = self._retrieve(label.ref, self.cache / "segs", "SEG")
             try:
                 mask = read_lung_seg_mask(pydicom.dcmread(seg_path), label.source_sop_uid)
             except ValueError as e:
-                raise PacsError(f"SEG {label.ref.sop_uid} of image '{label_id}' cannot be read: {e}") from e
+                raise PacsError(f"SEG {label.ref.sop_uid} of image '{label.source_sop_uid}' cannot be read: {e}") from e
             save_png(mask, png)
         return str(png)
+
+    def _describe(self, image_id: str, label: SegLabel | None) -> dict[str, Any]:
+        """The label info of ``label``, the image's label: its SEG, provenance and whether training uses it."""
+        if label is None:
+            return {}
+        return {**label.info(), "UsedForTraining": self._training.get(image_id) == label}
 
     def get_label(self, label_id: str, label_tag: str, params: Any = None) -> Any:
         uri = self.get_label_uri(label_id, label_tag)
@@ -384,19 +463,22 @@ class DicomwebDatastore(Datastore):
     def saved_label_info(self, image_id: str) -> dict[str, Any]:
         """The info of the label :meth:`save_label` just stored, without asking the PACS again."""
         with self._lock:
-            label = self._labels.get(image_id)
-            return {**(label.info() if label else {}), **self._label_info.get(image_id, {})}
+            return {**self._label_info.get(image_id, {}), **self._describe(image_id, self._labels.get(image_id))}
 
     def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
+        """The image's label: its SEG's UIDs, ``SegmentAlgorithmType``, ``ContentDescription``, ``UsedForTraining``.
+
+        What clients stored (``update_label_info``) comes with it but never overrides what the SEG says.
+        """
         label = self.seg_label(label_id) if label_tag == _FINAL else None
-        return {**(label.info() if label else {}), **self._label_info.get(label_id, {})}
+        return {**self._label_info.get(label_id, {}), **self._describe(label_id, label)}
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         with self._lock:
             self._label_info.setdefault(label_id, {}).update(info)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        """Store a label as a MANUAL lung SEG in the PACS (STOW-RS); it becomes the image's latest label.
+        """Store a label as a MANUAL lung SEG in the PACS (STOW-RS); it becomes the image's label (the latest MANUAL).
 
         Returns:
             the label id (the image id, as MONAI Label's local datastore gives).
@@ -439,9 +521,8 @@ class DicomwebDatastore(Datastore):
         labels = _seg_labels(seg_ref, seg)
         with self._lock:
             self._seg_headers[seg_ref.sop_uid] = labels
-            current = self._labels.get(image_id)
-            if current is None or labels[0].order > current.order:
-                self._labels[image_id] = labels[0]
+            _keep_best(self._labels, labels[0])
+            _keep_best(self._training, labels[0])  # MANUAL: always a training label
             self._listed_at = float("-inf")  # the next listing sees the SEG in the PACS
             if label_info:
                 self._label_info.setdefault(image_id, {}).update(label_info)
@@ -495,7 +576,9 @@ class DicomwebDatastore(Datastore):
         if error:
             logger.warning("overlay of the label of image %s was not stored in '%s': %s", ref.sop_uid, self.url, error)
         else:
-            logger.info("overlay of the label of image %s stored in '%s' as SC %s", ref.sop_uid, self.url, sc.SOPInstanceUID)
+            logger.info(
+                "overlay of the label of image %s stored in '%s' as SC %s", ref.sop_uid, self.url, sc.SOPInstanceUID
+            )
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         raise BadRequestError(
@@ -505,15 +588,17 @@ class DicomwebDatastore(Datastore):
     # --- Datastore: training and status ----------------------------------------------------------
 
     def datalist(self) -> list[dict[str, Any]]:
-        """Image/label file pairs of every image with a lung SEG (its latest), retrieved into the cache.
+        """Image/label file pairs of every image with a training label (module doc), retrieved into the cache.
 
-        An image or SEG that cannot be read is left out with a warning; an unreachable PACS raises.
+        A model's (AUTOMATIC) SEG is not among them unless ``train_on_automatic``, and then only one
+        that quality control passed. An image or SEG that cannot be read is left out with a warning;
+        an unreachable PACS raises.
         """
         self._refresh(force=True)
         items = []
-        for image_id in sorted(self._labels):
+        for image_id, label in sorted(self._training.items()):
             try:
-                items.append({"image": self.get_image_uri(image_id), "label": self.get_label_uri(image_id, _FINAL)})
+                items.append({"image": self.get_image_uri(image_id), "label": self._label_png(label)})
             except PacsError as e:
                 if self._last_error:  # the server itself failed: the other items would fail too
                     raise
@@ -524,7 +609,11 @@ class DicomwebDatastore(Datastore):
         raise BadRequestError(f"no dataset archive: the images and labels are in the PACS {self.url}")
 
     def status(self) -> dict[str, Any]:
-        """Counts of the listing; the last one known (with ``pacs_error``) while the PACS is unreachable."""
+        """Counts of the listing; the last one known (with ``pacs_error``) while the PACS is unreachable.
+
+        ``completed`` counts the images with a training label; ``automatic_only`` those whose label
+        is a model's SEG (shown, not a person's).
+        """
         try:
             self._refresh()
         except PacsError as e:
@@ -533,8 +622,10 @@ class DicomwebDatastore(Datastore):
             error = ""
         status: dict[str, Any] = {
             "total": len(self._images),
-            "completed": len(self._labels),
-            "label_tags": {_FINAL: len(self._labels)} if self._labels else {},
+            "completed": len(self._training),
+            "label_tags": {_FINAL: len(self._training)} if self._training else {},
+            "automatic_only": sum(not label.by_person for label in self._labels.values()),
+            "train_on_automatic": self.train_on_automatic,
             "url": self.url,
         }
         if error:
@@ -548,6 +639,6 @@ class DicomwebDatastore(Datastore):
             label = self._labels.get(image_id)
             objects[image_id] = {
                 "image": {"ext": ".dcm", "info": self.get_image_info(image_id)},
-                "labels": {_FINAL: {"ext": ".png", "info": label.info()}} if label else {},
+                "labels": {_FINAL: {"ext": ".png", "info": self._describe(image_id, label)}} if label else {},
             }
         return {"name": self._name, "description": self._description, "url": self.url, "objects": objects}

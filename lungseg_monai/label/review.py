@@ -22,6 +22,9 @@ Routes (all with MONAI Label's user-role check):
   MONOCHROME2, 1st-99th percentile window).
 - ``GET /lungseg/label?image=ID``: the image's saved label as a 0/255 PNG, whatever it was saved
   as (a PNG from this page, an NRRD or NIfTI from 3D Slicer, a SEG in the PACS); 404 without one.
+  With a PACS the label may be a model's SEG (AUTOMATIC, when no person has labelled the image):
+  the headers ``X-Segment-Algorithm-Type``, ``X-Content-Description`` (e.g. "QC reject: ...") and
+  ``X-Used-For-Training`` say so, and the page shows it as the model's, never as a person's label.
 
 The page needs no login: with MONAI Label's authentication on (``MONAI_LABEL_AUTH_ENABLE``) its
 requests carry no token and are refused (401); use it on a trusted network, as the server itself.
@@ -43,7 +46,7 @@ from lungseg_monai.io import RadiographReadError, read_mask, read_radiograph
 from lungseg_monai.label.errors import BadRequestError, ImageNotFoundError, LabelRequestError
 from lungseg_monai.outputs.overlay import to_display_uint8
 
-__all__ = ["WEB_DIR", "ASSETS", "render_png", "label_png", "review_router", "install_review_page"]
+__all__ = ["WEB_DIR", "ASSETS", "LABEL_INFO_HEADERS", "render_png", "label_png", "review_router", "install_review_page"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,12 @@ ASSETS = {
     "review.css": "text/css",
 }
 _FINAL = "final"  # MONAI Label's tag of a saved label
+# Label info sent with ``/lungseg/label`` as response headers: whose mask it is (a PACS's SEG).
+LABEL_INFO_HEADERS = {
+    "SegmentAlgorithmType": "X-Segment-Algorithm-Type",
+    "ContentDescription": "X-Content-Description",
+    "UsedForTraining": "X-Used-For-Training",
+}
 # Fast PNG encoding: the film goes to a browser on the same network, once per image opened.
 _RENDER_PNG_COMPRESSION = 1
 
@@ -103,7 +112,8 @@ def _render(image_id: str) -> bytes:
     return render_png(_image_path(image_id))
 
 
-def _label(image_id: str) -> bytes:
+def _label(image_id: str) -> tuple[bytes, dict[str, str]]:
+    """The label's PNG, and headers saying whose it is when the datastore knows (a PACS's SEG)."""
     from monailabel.interfaces.utils.app import app_instance
 
     datastore = app_instance().datastore()
@@ -113,7 +123,17 @@ def _label(image_id: str) -> bytes:
     path = datastore.get_label_uri(label_id, _FINAL) if label_id else ""
     if not path:
         raise LabelRequestError(404, f"image '{image_id}' has no saved label (tag '{_FINAL}')")
-    return label_png(path)
+    info = datastore.get_label_info(label_id, _FINAL) or {}
+    shown = {key: value for key, value in info.items() if key in LABEL_INFO_HEADERS and value not in (None, "")}
+    headers = {LABEL_INFO_HEADERS[key]: _header_value(value) for key, value in shown.items()}
+    return label_png(path), headers
+
+
+def _header_value(value: object) -> str:
+    """A label info value as an HTTP header value: booleans as ``true``/``false``, text as ASCII."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).encode("ascii", "replace").decode("ascii")  # headers are latin-1; DICOM text may not be
 
 
 def review_router() -> APIRouter:
@@ -143,8 +163,8 @@ def review_router() -> APIRouter:
     @router.get("/label")
     async def label(image: str, user=role) -> Response:  # noqa: ANN001 - a Depends
         """The saved label of ``image`` as a 0/255 grey PNG on the image's grid."""
-        content = await run_in_threadpool(_label, image)
-        return Response(content=content, media_type="image/png", headers={"Cache-Control": "no-store"})
+        content, headers = await run_in_threadpool(_label, image)
+        return Response(content=content, media_type="image/png", headers={"Cache-Control": "no-store", **headers})
 
     return router
 

@@ -20,6 +20,10 @@ Configuration (``--conf KEY VALUE`` of ``monailabel start_server``; ``lungseg la
   the bundle beside this package's source.
 - ``overlay``: ``true`` to store, with each label saved to a PACS, a Secondary Capture of its
   contour over the film (for viewers that cannot overlay a SEG on a radiograph); default ``false``.
+- ``train_on_automatic``: ``true`` to fine-tune, with a PACS, also on the model-made (AUTOMATIC)
+  lung SEGs that quality control passed, of images no person has labelled; default ``false``: only
+  MANUAL and SEMIAUTOMATIC SEGs are training labels, so the model never trains on its own masks
+  (see :mod:`lungseg_monai.label.dicomweb_datastore`).
 
 Nothing is downloaded: the model, its preprocessing and the training config are all local.
 """
@@ -64,6 +68,11 @@ def is_dicomweb_url(studies: str) -> bool:
     return str(studies).startswith(("http://", "https://"))
 
 
+def _flag(conf: dict[str, str], key: str) -> bool:
+    """A yes/no configuration value (``--conf KEY true``); absent is no."""
+    return str(conf.get(key, "false")).strip().lower() in ("1", "true", "yes")
+
+
 class LungSegLabelApp(MONAILabelApp):
     """Lung segmentation of chest radiographs for MONAI Label clients (3D Slicer, OHIF, REST).
 
@@ -71,8 +80,8 @@ class LungSegLabelApp(MONAILabelApp):
         app_dir: the app folder (holds ``main.py``; MONAI Label keeps its logs there).
         studies: the folder of images (PNG, JPEG, TIFF, BMP, DICOM, 2D NIfTI/NRRD/MetaImage), or
             the DICOMweb root URL of a PACS.
-        conf: ``model`` (required), ``workdir``, ``device``, ``precision``, ``train_config`` (see the
-            module doc).
+        conf: ``model`` (required), ``workdir``, ``device``, ``precision``, ``train_config``,
+            ``overlay``, ``train_on_automatic`` (see the module doc).
 
     Raises:
         ValueError: ``model`` missing from ``conf``, or a malformed URL.
@@ -100,7 +109,8 @@ class LungSegLabelApp(MONAILabelApp):
         self.device = device
         self.precision = precision
         self.workdir = workdir
-        self.overlay = str(conf.get("overlay", "false")).lower() in ("1", "true", "yes")
+        self.overlay = _flag(conf, "overlay")
+        self.train_on_automatic = _flag(conf, "train_on_automatic")
         logger.info(
             "lung model: serving '%s' (initial '%s'); fine-tuned models go to '%s'; training config '%s'",
             self.store.current(),
@@ -121,7 +131,12 @@ class LungSegLabelApp(MONAILabelApp):
         from monailabel.config import settings
 
         if is_dicomweb_url(self.studies):  # not MONAILabelApp's: it would download dcmqi
-            return DicomwebDatastore(self.studies, self.workdir / DICOMWEB_CACHE_NAME, overlay=self.overlay)
+            return DicomwebDatastore(
+                self.studies,
+                self.workdir / DICOMWEB_CACHE_NAME,
+                overlay=self.overlay,
+                train_on_automatic=self.train_on_automatic,
+            )
         return RadiographDatastore(
             self.studies,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,

@@ -9,6 +9,7 @@ a real Orthanc behind the server:
 3. an erase stroke and a paint stroke change the mask where they went; "Save label" stores a MANUAL
    DICOM SEG in Orthanc (read back with highdicom, pixel-equal to what the page showed) and a
    Secondary Capture overlay of it; reopening the page shows the saved label;
+   a model's SEG (AUTOMATIC) of a film no person labelled is shown as the model's, never as a label;
 4. OHIF's standard viewer (``/ohif/viewer``, the build in the monailabel wheel, reading the PACS
    through the server's ``/proxy/dicom``) renders the JPEG 2000 film and the saved overlay.
 
@@ -271,6 +272,50 @@ def test_corrected_mask_saved_is_one_manual_seg_in_orthanc_equal_to_what_the_pag
     _open_image(session, source_uid)
     _wait(session, "the saved label", lambda: browser.execute_script("return state.source") == "saved label")
     np.testing.assert_array_equal(_page_mask(browser), edited)
+
+
+def test_a_models_seg_of_a_film_no_person_labelled_is_shown_as_the_models_not_a_persons(
+    session: Session, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg
+    from lungseg_monai.outputs.dicom_uids import ResultUIDs
+    from lungseg_monai.pacs.dicomweb import stow
+    from lungseg_monai.qc.quality import QC_REVIEW, QCResult
+
+    browser = session.browser
+    film = session.films[0]
+    header = pydicom.dcmread(film, stop_before_pixels=True)
+    sop_uid = str(header.SOPInstanceUID)
+    mask = np.zeros((header.Rows, header.Columns), np.uint8)
+    mask[60:300, 40:160] = 1  # synthetic: told apart from anything the model draws
+    # lungseg node's SEG of this film (AUTOMATIC, QC review), stored as lungseg infer --stow-to does.
+    identity = "LungUNet-resnet34-0123456789ab"
+    uids = ResultUIDs.for_source(header, identity)
+    qc = QCResult(QC_REVIEW, 0.8, ("lung area small",))
+    target = tmp_path / "seg.dcm"
+    save_lung_seg(mask, film, target, uids.seg_series_uid, identity, qc_content_description(qc), uids.seg_sop_uid)
+    assert stow(session.orthanc.dicomweb, [target]).ok
+    time.sleep(2.5)  # older than the server's listing reuse window
+
+    _open_review(session)
+    badges = {
+        li.get_attribute("data-id"): li.find_element(By.CSS_SELECTOR, ".badge")
+        for li in browser.find_elements(By.CSS_SELECTOR, "#images li")
+    }
+    assert badges[str(session.j2k.SOPInstanceUID)].text == "labelled"  # the person's label saved above
+    assert badges[sop_uid].text == "model's SEG"
+    assert "not a person's label" in badges[sop_uid].get_attribute("title")
+    _open_image(session, sop_uid)
+    _wait(session, "the model's SEG", lambda: browser.execute_script("return state.source") == "model's SEG")
+    np.testing.assert_array_equal(_page_mask(browser), mask)
+    assert browser.execute_script("return document.body.dataset.labelType") == "AUTOMATIC"
+    status = browser.find_element(By.ID, "status").text
+    assert "showing the model's mask stored in the PACS" in status, status
+    assert "AUTOMATIC SEG, not a person's label; QC review: lung area small; not used for training" in status
+    assert "saved label" not in status
+    screenshot(browser, "review_4b_model_seg")
 
 
 def _viewport(session: Session) -> Any:

@@ -29,3 +29,26 @@ def test_label_refuses_a_malformed_dicomweb_url(tmp_path: Path, caplog: pytest.L
     with caplog.at_level(logging.ERROR):
         assert main(["label", "--studies", "http://", "--model", str(tmp_path / "model.pt")]) == 2
     assert "--studies: DICOMweb URL 'http://' is not http(s)://HOST[:PORT]/PATH" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("flag", "conf"), [([], []), (["--train-on-automatic"], ["--conf", "train_on_automatic", "true"])]
+)
+def test_train_on_automatic_reaches_the_server_as_conf(tmp_path: Path, flag: list[str], conf: list[str]) -> None:
+    from lungseg_monai.cli import build_parser
+    from lungseg_monai.label.cli import start_server_args
+
+    url = "http://127.0.0.1:8042/dicom-web"
+    args = build_parser().parse_args(["label", "--studies", url, "--model", str(tmp_path / "model.pt"), *flag])
+    argv = start_server_args(args, tmp_path / "app", tmp_path)
+    pairs = [argv[i : i + 3] for i, arg in enumerate(argv) if arg == "--conf"]
+    assert [p for p in pairs if p[1] == "train_on_automatic"] == ([conf] if conf else [])
+
+
+def test_label_help_documents_train_on_automatic(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["label", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--train-on-automatic" in help_text
+    assert "only MANUAL and SEMIAUTOMATIC SEGs are training labels" in help_text
+    assert "'QC reject:'" in help_text

@@ -6,6 +6,8 @@ made against one server (module scope) whose datastore is an Orthanc holding rea
 three real chest DICOMs shrunk to 256 px and stored uncompressed, plus the real JPEG 2000 CR as it
 is), a lateral copy of one of them and pydicom's CT test file. The tests run in file order: labels
 saved by one are in the PACS for the next, and the last stops the PACS under the running server.
+Before training, the model's own SEGs (AUTOMATIC, as ``lungseg node`` stores them) are added: one
+made after a person's label, one of an image no person labelled; training must use neither.
 
 The served model is the session's small trained bundle whose masks are not empty (``segmenting_bundle``).
 """
@@ -37,6 +39,10 @@ from lungseg_monai.io import read_mask  # noqa: E402
 from lungseg_monai.label import MODEL_NAME  # noqa: E402
 
 SMALL_SIDE = 256
+# The model's SEGs stored in the PACS by these tests (as lungseg node would): its identity, and a
+# Content Date after anything a person saves today.
+MODEL_IDENTITY = "LungUNet-resnet34-0123456789ab"
+LATER_DATE = "20990101"
 # What Orthanc answers for a WADO-RS request that names no transfer syntax: transcode (and fail on JPEG 2000).
 AS_STORED_INSTANCE = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 AS_STORED_FRAMES = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
@@ -249,6 +255,64 @@ def test_two_saves_for_different_images_at_the_same_time_both_land(server: Label
     assert server.get("/datastore/").json()["completed"] == 3
 
 
+def _stow_model_seg(pacs: Pacs, film: Path, mask: np.ndarray, folder: Path, date: str = "") -> str:
+    """Store a model's AUTOMATIC SEG of ``film`` (QC pass) as ``lungseg infer --stow-to`` does; returns its SOP UID.
+
+    ``date``: its Content Date instead of today's (a SEG made later).
+    """
+    from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg
+    from lungseg_monai.outputs.dicom_uids import ResultUIDs
+    from lungseg_monai.pacs.dicomweb import stow
+    from lungseg_monai.qc.quality import QC_PASS, QCResult
+
+    uids = ResultUIDs.for_source(_header(film), MODEL_IDENTITY)
+    target = folder / f"{uids.seg_sop_uid}.dcm"
+    description = qc_content_description(QCResult(QC_PASS, 0.97))
+    save_lung_seg(mask, film, target, uids.seg_series_uid, MODEL_IDENTITY, description, uids.seg_sop_uid)
+    if date:
+        seg = pydicom.dcmread(target)
+        seg.ContentDate = date
+        seg.save_as(target)
+    assert stow(pacs.orthanc.dicomweb, [target]).ok
+    return uids.seg_sop_uid
+
+
+def test_a_model_seg_stored_later_neither_replaces_the_manual_label_nor_is_trained_on(
+    server: LabelServer, pacs: Pacs, tmp_path: Path
+) -> None:
+    image_id, path = next(iter(pacs.chest.items()))
+    j2k_id = str(pacs.j2k.SOPInstanceUID)
+    objects = server.get("/datastore/", output="all").json()["objects"]
+    manual = objects[image_id]["labels"]["final"]["info"]["SOPInstanceUID"]  # the second save's
+    assert j2k_id not in {sop for sop, entry in objects.items() if entry["labels"]}
+    # lungseg node / lungseg infer --stow-to store the model's masks, after the person's label.
+    _stow_model_seg(pacs, path, np.ones(_image_shape(path), np.uint8), tmp_path, date=LATER_DATE)
+    automatic = _stow_model_seg(pacs, DICOM_J2K_MONO1, np.ones(_image_shape(DICOM_J2K_MONO1), np.uint8), tmp_path)
+    time.sleep(2.5)  # older than the listing's reuse window
+
+    back = server.get("/datastore/label", label=image_id, tag="final")
+    with Image.open(io.BytesIO(back.content)) as img:
+        np.testing.assert_array_equal(np.asarray(img), _label_mask_synthetic(_image_shape(path), shift=12))
+    objects = server.get("/datastore/", output="all").json()["objects"]
+    info = objects[image_id]["labels"]["final"]["info"]
+    assert (info["SOPInstanceUID"], info["SegmentAlgorithmType"], info["UsedForTraining"]) == (manual, "MANUAL", True)
+    # An image with only the model's SEG: shown as the model's, not a training label.
+    info = objects[j2k_id]["labels"]["final"]["info"]
+    assert (info["SOPInstanceUID"], info["SegmentAlgorithmType"], info["UsedForTraining"]) == (
+        automatic,
+        "AUTOMATIC",
+        False,
+    )
+    shown = server.get("/lungseg/label", image=j2k_id)
+    assert shown.status_code == 200, shown.text
+    assert shown.headers["X-Segment-Algorithm-Type"] == "AUTOMATIC"
+    assert shown.headers["X-Used-For-Training"] == "false"
+    assert shown.headers["X-Content-Description"] == "Lungs segmented automatically"
+    assert server.get("/lungseg/label", image=image_id).headers["X-Segment-Algorithm-Type"] == "MANUAL"
+    status = server.get("/info/").json()["datastore"]
+    assert (status["completed"], status["automatic_only"], status["train_on_automatic"]) == (3, 1, False)
+
+
 def test_train_on_the_pacs_labels_changes_the_served_model(server: LabelServer, pacs: Pacs) -> None:
     before = server.model_checksum()
     assert before == f"SHA256:{sha256(server.model)}"
@@ -261,9 +325,13 @@ def test_train_on_the_pacs_labels_changes_the_served_model(server: LabelServer, 
     (run,) = (server.workdir / "runs").iterdir()
     datalist = json.loads((run / "datalist.json").read_text())
     labels = {Path(i["image"]).stem: Path(i["label"]).stem for i in datalist["training"] + datalist["validation"]}
+    assert set(labels) == set(pacs.chest)  # not the JPEG 2000 CR, whose only SEG is the model's
     first = next(iter(pacs.chest))
     latest = server.get("/datastore/", output="all").json()["objects"][first]["labels"]["final"]["info"]
-    assert labels[first] == latest["SOPInstanceUID"]  # the second save, not the first
+    assert latest["SegmentAlgorithmType"] == "MANUAL"
+    assert labels[first] == latest["SOPInstanceUID"]  # the second save: neither the first nor the model's later SEG
+    manual_segs = {sop for sop, seg in _segs(pacs).items() if seg.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"}
+    assert set(labels.values()) <= manual_segs
     assert server.infer_params(first)["model"] == str(published)
 
 

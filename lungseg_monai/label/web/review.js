@@ -3,16 +3,19 @@
 //   GET  /datastore/?output=all             images and whether they have a label
 //   GET  /lungseg/render?image=ID           the film as a grey PNG on the masks' grid
 //   POST /infer/MODEL?image=ID&output=all   the model's mask (0/1 PNG) and its QC fields
-//   GET  /lungseg/label?image=ID            the saved label as a 0/255 PNG (whatever format it was saved in)
+//   GET  /lungseg/label?image=ID            the saved label as a 0/255 PNG (whatever format it was saved in),
+//                                           with a PACS headers saying whose SEG it is (X-Segment-Algorithm-Type)
 //   PUT  /datastore/label?image=ID&tag=final  save (with a PACS: a MANUAL DICOM SEG via STOW-RS)
 // document.body.dataset.state says what the page shows: loading, list, film, running, mask, saving,
-// saved, error. Every answer is checked against the image it was asked for: a film opened meanwhile
-// is never given another film's mask.
+// saved, error; document.body.dataset.labelType the Segment Algorithm Type of the saved label shown
+// ("" for none or a folder's). Every answer is checked against the image it was asked for: a film
+// opened meanwhile is never given another film's mask.
 "use strict";
 
 const BASE = location.pathname.replace(/\/lungseg\/review\/?$/, "");
 const LUNG_RGBA = [0, 190, 255];
 const MAX_UNDO = 20;
+const PERSON_TYPES = new Set(["MANUAL", "SEMIAUTOMATIC"]);  // Segment Algorithm Types of a person's label
 
 const $ = (id) => document.getElementById(id);
 const film = $("film");
@@ -22,7 +25,7 @@ const state = {
   token: 0,          // incremented whenever another film is opened; stale answers are dropped
   busy: false,       // the model is running: the brush is off
   model: null,       // the served model's name (from /info/)
-  images: {},        // id -> {info, labelled}
+  images: {},        // id -> {info, labelled, label: the label's info}
   id: null,          // the image shown
   rows: 0,
   cols: 0,
@@ -65,6 +68,28 @@ async function fetchOk(url, options) {
 
 // --- the image list ---------------------------------------------------------------------------
 
+// With a PACS a label is a DICOM SEG, a person's (MANUAL, SEMIAUTOMATIC) or, when no person has
+// labelled the image, a model's (AUTOMATIC, from lungseg node or lungseg infer --stow-to): a model's
+// mask is never presented as a person's label. info: the label info (SegmentAlgorithmType,
+// ContentDescription, UsedForTraining); {} for a folder's labels.
+function byModel(info) { return Boolean(info.SegmentAlgorithmType) && !PERSON_TYPES.has(info.SegmentAlgorithmType); }
+
+function labelKind(info) {
+  const type = info.SegmentAlgorithmType;
+  if (!type) return "";
+  let kind = byModel(info) ? `a model's mask, ${type} SEG, not a person's label` : `a person's, ${type} SEG`;
+  if (info.ContentDescription && info.ContentDescription.startsWith("QC ")) kind += `; ${info.ContentDescription}`;
+  if (info.UsedForTraining === false) kind += "; not used for training";
+  return kind;
+}
+
+function setBadge(badge, image) {
+  const automatic = image.labelled && byModel(image.label);
+  badge.className = "badge" + (automatic ? " automatic" : (image.labelled ? " labelled" : ""));
+  badge.textContent = automatic ? "model's SEG" : (image.labelled ? "labelled" : (image.info.Modality || "image"));
+  badge.title = image.labelled ? labelKind(image.label) : "";
+}
+
 async function loadList() {
   const info = await (await fetchOk("/info/")).json();
   state.model = Object.keys(info.models || {})[0];
@@ -76,15 +101,12 @@ async function loadList() {
   for (const [id, entry] of Object.entries(datastore.objects || {})) {
     const imageInfo = (entry.image && entry.image.info) || {};
     const labelled = Object.keys(entry.labels || {}).includes("final");
-    // With a PACS, whose SEG the label is: a person's (MANUAL) or a model's (AUTOMATIC).
-    const algorithm = labelled && entry.labels.final.info ? entry.labels.final.info.SegmentAlgorithmType : "";
-    const labelKind = { MANUAL: "a person's, MANUAL SEG", AUTOMATIC: "a model's, AUTOMATIC SEG" }[algorithm] || "";
-    state.images[id] = { info: imageInfo, labelled, labelKind };
+    const labelInfo = (labelled && entry.labels.final.info) || {};
+    state.images[id] = { info: imageInfo, labelled, label: labelInfo };
     const li = document.createElement("li");
     li.dataset.id = id;
     const badge = document.createElement("span");
-    badge.className = "badge" + (labelled ? " labelled" : "");
-    badge.textContent = labelled ? "labelled" : (imageInfo.Modality || "image");
+    setBadge(badge, state.images[id]);
     const name = document.createElement("div");
     name.className = "id";
     name.textContent = id;
@@ -176,6 +198,7 @@ function ohifUrl(study, series) {
 async function openImage(id) {
   const token = ++state.token;
   Object.assign(state, { id, mask: null, rows: 0, cols: 0, undo: [], source: "", drawing: false, busy: false });
+  document.body.dataset.labelType = "";
   for (const li of $("images").children) li.classList.toggle("selected", li.dataset.id === id);
   for (const button of ["run", "save", "undo"]) $(button).disabled = true;
   $("qc").replaceChildren();
@@ -210,13 +233,30 @@ async function openImage(id) {
 }
 
 async function showSavedLabel(id, token) {
-  const blob = await (await fetchOk(`/lungseg/label?image=${encodeURIComponent(id)}`)).blob();
+  const response = await fetchOk(`/lungseg/label?image=${encodeURIComponent(id)}`);
+  // Whose mask it is, as the server says now (the list may be older than a SEG stored since).
+  const type = response.headers.get("X-Segment-Algorithm-Type");
+  if (type) {
+    const training = response.headers.get("X-Used-For-Training");
+    state.images[id].label = {
+      SegmentAlgorithmType: type,
+      ContentDescription: response.headers.get("X-Content-Description") || "",
+      UsedForTraining: training === null ? undefined : training === "true",
+    };
+  }
+  const blob = await response.blob();
   if (!isCurrent(token)) return;
   const { data } = await decode(blob);
   if (!isCurrent(token)) return;
-  showMask(maskFromPng(data), "saved label");
-  const kind = state.images[id].labelKind;
-  status(`${id}: showing its saved label${kind ? ` (${kind})` : ""}. Run the model for a new proposal, or correct it.`);
+  const info = state.images[id].label;
+  const automatic = byModel(info);
+  showMask(maskFromPng(data), automatic ? "model's SEG" : "saved label");
+  document.body.dataset.labelType = info.SegmentAlgorithmType || "";
+  const kind = labelKind(info);
+  const what = automatic ? "the model's mask stored in the PACS" : "its saved label";
+  const next = automatic ? "Correct it and save it as a person's label, or run the model for a new proposal."
+    : "Run the model for a new proposal, or correct it.";
+  status(`${id}: showing ${what}${kind ? ` (${kind})` : ""}. ${next}`);
 }
 
 // --- the model --------------------------------------------------------------------------------
@@ -372,11 +412,13 @@ async function save() {
     form.append("label", await maskPng(), `${id}.png`);
     const url = `/datastore/label?image=${encodeURIComponent(id)}&tag=final`;
     const answer = await (await fetchOk(url, { method: "PUT", body: form })).json();
-    state.images[id].labelled = true;
-    const li = [...$("images").children].find((el) => el.dataset.id === id);
-    if (li) { const badge = li.querySelector(".badge"); badge.textContent = "labelled"; badge.classList.add("labelled"); }
-    if (!isCurrent(token)) return;
     const info = (answer && answer.label_info) || {};
+    state.images[id].labelled = true;
+    state.images[id].label = info;
+    const li = [...$("images").children].find((el) => el.dataset.id === id);
+    if (li) setBadge(li.querySelector(".badge"), state.images[id]);
+    if (!isCurrent(token)) return;
+    document.body.dataset.labelType = info.SegmentAlgorithmType || "";
     const seg = info.SOPInstanceUID;
     let overlayNote = "";
     if (info.overlay_error) {
