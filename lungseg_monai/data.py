@@ -1,4 +1,12 @@
-"""Datalists of chest radiographs and lung masks, and reproducible train/val/test splits."""
+"""Datalists of chest radiographs and lung masks, and reproducible train/val/test splits.
+
+Splits keep every film of one patient on one side (:func:`split_datalist` with groups): follow-up
+films and several views of one case in training and test make test scores optimistic. A film's
+group comes from, in this order, a ``group_pattern`` regex over its file name, a ``group`` or
+``patient`` column of a CSV/JSON datalist, the same columns of a ``manifest.csv`` beside
+``images/`` (matched by ``name``), or the DICOM Patient ID of a DICOM film
+(:func:`assign_groups`). Without any, the split is by image, as the log and the saved split say.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import json
 import logging
 import os
 import random
+import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -20,6 +29,7 @@ from lungseg_monai.outputs.atomic import atomic_path
 __all__ = [
     "BadPair",
     "DatalistError",
+    "assign_groups",
     "MIN_IMAGE_SIDE",
     "check_pair",
     "datalist_from_folder",
@@ -38,6 +48,11 @@ DEFAULT_RATIOS = (0.5, 0.25, 0.25)
 SPLIT_NAMES = ("training", "validation", "test")
 # Smaller images cannot be chest radiographs (the smallest in the reference data is 157 px wide).
 MIN_IMAGE_SIDE = 32
+# Datalist or manifest columns naming the group (patient) a film belongs to, first found wins.
+GROUP_COLUMNS = ("group", "patient")
+# The folder datasets' table of per-film facts (name, patient, licence ...), beside images/.
+MANIFEST_NAME = "manifest.csv"
+BY_IMAGE = "image"
 
 
 def file_stem(path: str | os.PathLike) -> str:
@@ -138,7 +153,7 @@ def _monai_datalist_parts(path: Path, content: Mapping) -> dict[str, list[dict[s
                     f"entry {entry['image']!r} under '{part}' in '{path}' has no 'label'; every pair needs a lung "
                     "mask (segment unlabelled images with lungseg infer instead)"
                 )
-        parts[part] = [{**entry, "name": file_stem(entry["image"])} for entry in entries]
+        parts[part] = [{**entry, "name": file_stem(entry["image"]), **_group_of(entry)} for entry in entries]
     return parts
 
 
@@ -171,12 +186,26 @@ def load_datalist(path: str | os.PathLike) -> list[dict[str, str]]:
     else:
         raise ValueError(f"datalist '{path}' must be a folder, a .csv file or a .json list or MONAI datalist")
     items = [
-        {"image": _resolve(base, r["image"]), "label": _resolve(base, r["label"]), "name": file_stem(r["image"])}
+        {
+            "image": _resolve(base, r["image"]),
+            "label": _resolve(base, r["label"]),
+            "name": file_stem(r["image"]),
+            **_group_of(r),
+        }
         for r in rows
     ]
     if not items:
         raise ValueError(f"datalist '{path}' lists no image/mask pairs")
     return items
+
+
+def _group_of(row: Mapping[str, object]) -> dict[str, str]:
+    """``{"group": ...}`` from a row's ``group`` or ``patient`` value, {} when it has none."""
+    for column in GROUP_COLUMNS:
+        value = str(row.get(column) or "").strip()
+        if value:
+            return {"group": value}
+    return {}
 
 
 def predefined_split(dataset_dir: str | os.PathLike) -> dict[str, list[dict[str, str]]] | None:
@@ -216,13 +245,22 @@ def split_datalist(
 ) -> dict[str, list[dict[str, str]]]:
     """Deterministic, seeded train/validation/test split (each item in exactly one part).
 
-    The items are sorted by name before shuffling, so the split depends only on the names, the
-    ratios and the seed, not on the order files were listed in.
+    The items are sorted by name before shuffling, so the split depends only on the names (and
+    groups), the ratios and the seed, not on the order files were listed in. Items with a
+    ``"group"`` (:func:`assign_groups`) are split by group: all items of a group land in one
+    part, and the parts' sizes in images come as close to the ratios as whole groups allow
+    (largest groups placed first, each where the most images are still missing). An item without
+    a group is a group of its own. Without any group the split is by image.
+
+    Example:
+        >>> items = [{"name": f"f{i}", "group": f"p{i // 2}"} for i in range(8)]
+        >>> parts = split_datalist(items, seed=0)
+        >>> [sorted({item["group"] for item in parts[p]}) for p in ("training", "validation", "test")]
+        [['p2', 'p3'], ['p0'], ['p1']]
     """
     if len(ratios) != 3 or any(r < 0 for r in ratios) or sum(ratios) <= 0:
         raise ValueError(f"ratios must be three non-negative numbers (train, val, test), got {list(ratios)}")
     ordered = sorted(items, key=lambda item: item["name"])
-    random.Random(seed).shuffle(ordered)
     total = sum(ratios)
     n = len(ordered)
     n_val = round(n * ratios[1] / total)
@@ -230,11 +268,112 @@ def split_datalist(
     n_train = n - n_val - n_test
     if n_train < 1 or (ratios[1] > 0 and n_val < 1):
         raise ValueError(f"{n} pairs are too few for a split with ratios {list(ratios)}; need at least one per part")
-    return {
-        "training": ordered[:n_train],
-        "validation": ordered[n_train : n_train + n_val],
-        "test": ordered[n_train + n_val :],
-    }
+    if not any("group" in item for item in ordered):
+        random.Random(seed).shuffle(ordered)
+        return {
+            "training": ordered[:n_train],
+            "validation": ordered[n_train : n_train + n_val],
+            "test": ordered[n_train + n_val :],
+        }
+    return _split_groups(ordered, (n_train, n_val, n_test), seed, ratios)
+
+
+def _split_groups(
+    ordered: Sequence[dict[str, str]], targets: Sequence[int], seed: int, ratios: Sequence[float]
+) -> dict[str, list[dict[str, str]]]:
+    """Whole groups to the parts, largest first, each to the part furthest below its target size."""
+    groups: dict[str, list[dict[str, str]]] = {}
+    for item in ordered:
+        groups.setdefault(str(item.get("group") or f"{BY_IMAGE}:{item['name']}"), []).append(item)
+    names = sorted(groups)
+    random.Random(seed).shuffle(names)
+    names.sort(key=lambda g: -len(groups[g]))  # stable: the shuffle orders groups of one size
+    counts = [0, 0, 0]
+    parts: list[list[dict[str, str]]] = [[], [], []]
+    wanted = [i for i, r in enumerate(ratios) if r > 0]
+    for name in names:
+        # furthest below target, relative to the target, so small parts are not starved by big ones
+        part = max(wanted, key=lambda i: ((targets[i] - counts[i]) / max(targets[i], 1), -i))
+        parts[part].extend(groups[name])
+        counts[part] += len(groups[name])
+    if not parts[0] or (ratios[1] > 0 and not parts[1]):
+        raise ValueError(
+            f"{len(groups)} groups are too few for a split with ratios {list(ratios)}; need at least one per part"
+        )
+    return dict(zip(SPLIT_NAMES, parts))
+
+
+def _manifest_groups(folder: Path) -> dict[str, str]:
+    """Group by film name from ``folder/manifest.csv`` (``name`` and ``group`` or ``patient`` columns); {} if none."""
+    manifest = folder / MANIFEST_NAME
+    if not manifest.is_file():
+        return {}
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {str(row["name"]): group["group"] for row in rows if "name" in row for group in [_group_of(row)] if group}
+
+
+def _dicom_patient(path: str) -> str | None:
+    """The Patient ID of a DICOM file, None for other files or an empty ID."""
+    import pydicom  # here: only DICOM datasets need it
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
+    except Exception:  # noqa: BLE001 - not DICOM (PNG, NIfTI ...) or unreadable: no group from it
+        return None
+    value = str(header.get("PatientID", "") or "").strip()
+    return value or None
+
+
+def assign_groups(
+    items: Sequence[dict[str, str]], dataset_dir: str | os.PathLike, group_pattern: str | None = None
+) -> tuple[list[dict[str, str]], str]:
+    """Give each item its ``"group"`` (the patient its film belongs to) and say where the groups came from.
+
+    Sources, first that applies: ``group_pattern`` (a regex searched in the file name; its first
+    capture group, or the whole match, is the group), a ``group``/``patient`` value already in the
+    item (CSV/JSON datalists), ``manifest.csv`` beside ``images/`` in a folder dataset, the DICOM
+    Patient ID of DICOM films.
+
+    Returns:
+        ``(items, grouping)``: copies of the items (with ``"group"`` where one was found) and
+        ``"image"`` when no item has a group, else a description such as
+        ``"patient column of manifest.csv"``.
+
+    Raises:
+        ValueError: ``group_pattern`` is not a valid regex, or matches no file name of some item.
+    """
+    items = [dict(item) for item in items]
+    if group_pattern:
+        try:
+            pattern = re.compile(group_pattern)
+        except re.error as e:
+            raise ValueError(f"group_pattern {group_pattern!r} is not a valid regular expression ({e})") from e
+        for item in items:
+            found = pattern.search(Path(item["image"]).name)
+            if found is None:
+                raise ValueError(
+                    f"group_pattern {group_pattern!r} matches nothing in the file name '{Path(item['image']).name}'; "
+                    "every film needs a group (use a pattern that matches all names, e.g. '^([^_]+)_')"
+                )
+            item["group"] = found.group(1) if pattern.groups else found.group(0)
+        return items, f"group_pattern {group_pattern!r} over file names"
+    if any("group" in item for item in items):
+        return items, "group/patient column of the datalist"
+    folder = Path(dataset_dir)
+    manifest = _manifest_groups(folder) if folder.is_dir() else {}
+    if manifest:
+        for item in items:
+            if item["name"] in manifest:
+                item["group"] = manifest[item["name"]]
+        return items, f"group/patient column of {folder / MANIFEST_NAME}"
+    patients = {item["image"]: _dicom_patient(item["image"]) for item in items}
+    if any(patients.values()):
+        for item in items:
+            if patients[item["image"]]:
+                item["group"] = str(patients[item["image"]])
+        return items, "DICOM Patient ID"
+    return items, BY_IMAGE
 
 
 @dataclass(frozen=True)
@@ -354,15 +493,21 @@ def _read_split_record(split_file: Path) -> dict | None:
 
 
 def _saved_split(
-    output_file: Path, dataset_dir: str | os.PathLike, ratios: list[float] | None, seed: int | None
+    output_file: Path,
+    dataset_dir: str | os.PathLike,
+    ratios: list[float] | None,
+    seed: int | None,
+    group_pattern: str | None,
 ) -> dict[str, list[dict[str, str]]] | None:
-    """The split recorded in ``output_file`` if it was made from the same dataset, ratios and seed."""
+    """The split recorded in ``output_file`` if it was made from the same dataset, ratios, seed and grouping."""
     record = _read_split_record(output_file)
     same = (
         record is not None
         and record.get("dataset_dir") == _dataset_id(dataset_dir)
         and record.get("ratios") == ratios
         and record.get("seed") == seed
+        and record.get("group_pattern") == group_pattern
+        and "grouping" in record  # a split made before grouping existed was by image: split again
     )
     return {part: record[part] for part in SPLIT_NAMES} if same else None
 
@@ -375,11 +520,14 @@ def prepare_splits(
     skip_bad_files: bool = True,
     check_files: bool = True,
     num_workers: int = 0,
+    group_pattern: str | None = None,
 ) -> dict[str, list[dict[str, str]]]:
     """List ``dataset_dir``, split it, check every pair and save the split as a MONAI datalist JSON.
 
-    The split is a pure function of the file names, ratios and seed, so re-running gives the
-    same parts; the JSON lets other tools reuse exactly those lists, and a later run (resume)
+    The split keeps each patient's films on one side (:func:`assign_groups`, :func:`split_datalist`)
+    and records how it grouped (``"grouping"``; ``"image"`` when there was no group information,
+    which is also logged). It is a pure function of the file names, groups, ratios and seed, so
+    re-running gives the same parts; the JSON lets other tools reuse exactly those lists, and a later run (resume)
     with the same dataset, ratios and seed reuses the saved parts as they are. A MONAI datalist
     JSON with ``"validation"`` or ``"test"`` entries is its own split (:func:`predefined_split`;
     ratios and seed are not used and are recorded as null). Files are checked after splitting,
@@ -395,6 +543,8 @@ def prepare_splits(
             (False, :class:`DatalistError`).
         check_files: read every pair first (:func:`validate_datalist`); False trusts the files.
         num_workers: threads reading pairs during the check.
+        group_pattern: a regex whose first capture group (or match) in a file name is the film's
+            group, for datasets that encode the patient in names (``"^(P\\d+)_"``).
 
     Raises:
         DatalistError: bad pairs with ``skip_bad_files=False``.
@@ -403,8 +553,9 @@ def prepare_splits(
     output_file = Path(output_file)
     predefined = predefined_split(dataset_dir)
     split_ratios, split_seed = (None, None) if predefined is not None else (list(ratios), seed)
-    splits = _saved_split(output_file, dataset_dir, split_ratios, split_seed)
+    splits = _saved_split(output_file, dataset_dir, split_ratios, split_seed, group_pattern)
     reused = splits is not None
+    grouping = "as listed" if predefined is not None else None
     if reused:
         # Resumed runs must see the parts training saw, even if files were added since.
         logger.info("reusing the split saved in '%s' (same dataset, ratios and seed)", output_file)
@@ -412,7 +563,9 @@ def prepare_splits(
         logger.info("using the training/validation/test parts listed in '%s'", dataset_dir)
         splits = predefined
     else:
-        splits = split_datalist(load_datalist(dataset_dir), ratios=ratios, seed=seed)
+        items, grouping = assign_groups(load_datalist(dataset_dir), dataset_dir, group_pattern)
+        splits = split_datalist(items, ratios=ratios, seed=seed)
+        _log_grouping(items, grouping)
     excluded: list[BadPair] = []
     if check_files:
         checked = {part: _partition_pairs(items, num_workers=num_workers) for part, items in splits.items()}
@@ -431,6 +584,8 @@ def prepare_splits(
         "dataset_dir": _dataset_id(dataset_dir),
         "ratios": split_ratios,
         "seed": split_seed,
+        "group_pattern": group_pattern,
+        "grouping": grouping,
         **splits,
         "excluded": [asdict(pair) for pair in excluded],
     }
@@ -439,6 +594,17 @@ def prepare_splits(
         tmp.write_text(json.dumps(record, indent=2))
     logger.info("split %s: %s", output_file, {k: len(v) for k, v in splits.items()})
     return splits
+
+
+def _log_grouping(items: Sequence[Mapping[str, str]], grouping: str) -> None:
+    if grouping == BY_IMAGE:
+        logger.warning(
+            "no group information (no group/patient column, manifest.csv, DICOM Patient ID or group_pattern): "
+            "split by image, so films of one patient may fall in training and test"
+        )
+        return
+    groups = {item.get("group") or f"{BY_IMAGE}:{item['name']}" for item in items}
+    logger.info("split by patient: %d films of %d groups (%s)", len(items), len(groups), grouping)
 
 
 def evaluation_datalist(

@@ -110,13 +110,14 @@ def main(argv: list[str] | None = None) -> None:
             image, mask = downsize(im, mk, args.max_side)
         image.save(args.out / "images" / f"{name}.png", optimize=True)
         mask.save(args.out / "masks" / f"{name}.png", optimize=True)
-        manifest.append([name, *image.size, r["view"], r["license"], r["source_file"]])
+        manifest.append([name, *image.size, r["patient"], r["view"], r["license"], r["source_file"]])
         size = f"{r['orig_width']} x {r['orig_height']}"
         table.append(f"| {name} | {r['source_file']} | {r['license']} | {r['view']} | {size} |")
 
     with open(args.out / "manifest.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["name", "width", "height", "view", "license", "source_file"])
+        # patient: the bundle's training splits keep each patient's films on one side
+        writer.writerow(["name", "width", "height", "patient", "view", "license", "source_file"])
         writer.writerows(manifest)
     text = ATTRIBUTION_HEADER.format(n=len(picked), max_side=args.max_side)
     (args.out / "ATTRIBUTION.md").write_text(text + "\n".join(table) + "\n")

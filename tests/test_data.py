@@ -60,7 +60,9 @@ def test_csv_and_json_datalists_resolve_relative_paths(tmp_path: Path) -> None:
     assert [i["name"] for i in load_datalist(tmp_path / "list.csv")] == [i["name"] for i in items[:3]]
     shutil.copytree(SAMPLE_DATA, tmp_path / "data")
     (tmp_path / "data" / "list.json").write_text(
-        json.dumps({"training": [{"image": f"images/{i['name']}.png", "label": f"masks/{i['name']}.png"} for i in items[:2]]})
+        json.dumps(
+            {"training": [{"image": f"images/{i['name']}.png", "label": f"masks/{i['name']}.png"} for i in items[:2]]}
+        )
     )
     loaded = load_datalist(tmp_path / "data" / "list.json")
     assert loaded[0]["image"] == str(tmp_path / "data" / "images" / f"{items[0]['name']}.png")
@@ -198,3 +200,101 @@ def test_evaluation_without_a_split_file_scores_everything_and_writes_nothing(tm
     assert len(items) == 36
     assert not (tmp_path / "models").exists()
     assert "scores are optimistic if the model was trained on any of them" in caplog.text
+
+
+def _groups(splits: dict) -> list[set[str]]:
+    return [{item["group"] for item in splits[part]} for part in ("training", "validation", "test")]
+
+
+def test_split_keeps_each_patients_films_on_one_side_with_the_ratios_in_images(tmp_path: Path) -> None:
+    """322 real films of 199 patients (76 with 2-7 films): no patient in two parts, sizes still 162/80/80."""
+    require_shared()
+    splits = prepare_splits(SHARED_CXR, tmp_path / "split.json", seed=0, check_files=False)
+    training, validation, test = _groups(splits)
+    assert not (training & validation or training & test or validation & test)
+    assert len(training | validation | test) == 199
+    assert [len(splits[p]) for p in ("training", "validation", "test")] == [162, 80, 80]
+    saved = json.loads((tmp_path / "split.json").read_text())
+    assert saved["grouping"] == f"group/patient column of {SHARED_CXR / 'manifest.csv'}"
+    assert all("group" in item for item in saved["test"])
+    by_image = split_datalist([{k: v for k, v in i.items() if k != "group"} for i in load_datalist(SHARED_CXR)])
+    assert by_image["test"] != splits["test"]
+
+
+def test_sample_data_is_split_by_patient_from_its_manifest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="lungseg_monai")
+    splits = prepare_splits(SAMPLE_DATA, tmp_path / "split.json", check_files=False)
+    training, validation, test = _groups(splits)
+    assert not (training & validation or training & test or validation & test)
+    assert "split by patient: 36 films of 29 groups" in caplog.text
+
+
+def test_groups_from_a_csv_column_a_name_pattern_or_dicom_patient_id(tmp_path: Path) -> None:
+    from lungseg_monai.data import assign_groups
+
+    items, _ = datalist_from_folder(SAMPLE_DATA)
+    rows = "".join(f"{i['image']},{i['label']},P{n // 3}\n" for n, i in enumerate(items))
+    (tmp_path / "list.csv").write_text("image,label,patient\n" + rows)
+    listed, grouping = assign_groups(load_datalist(tmp_path / "list.csv"), tmp_path / "list.csv")
+    assert grouping == "group/patient column of the datalist"
+    assert [item["group"] for item in listed[:4]] == ["P0", "P0", "P0", "P1"]
+    named, grouping = assign_groups(items, SAMPLE_DATA, group_pattern=r"^(\w{3})")
+    assert grouping == "group_pattern '^(\\\\w{3})' over file names"
+    assert named[0]["group"] == Path(items[0]["image"]).name[:3]
+    with pytest.raises(ValueError, match="matches nothing in the file name"):
+        assign_groups(items, SAMPLE_DATA, group_pattern=r"^zzz")
+    dicom = _dicom_items(tmp_path)
+    grouped, grouping = assign_groups(dicom, tmp_path / "dicom")
+    assert grouping == "DICOM Patient ID"
+    assert [item["group"] for item in grouped] == ["PAT-A", "PAT-A", "PAT-B"]
+
+
+def _dicom_items(tmp_path: Path) -> list[dict[str, str]]:
+    """Three tiny DICOM films of two patients (synthetic: only their Patient IDs matter here)."""
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    items = []
+    for n, patient in enumerate(["PAT-A", "PAT-A", "PAT-B"]):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.PatientID = SecondaryCaptureImageStorage, generate_uid(), patient
+        ds.Rows = ds.Columns = 8
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 7, 0, 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.PixelData = np.zeros((8, 8), np.uint8).tobytes()
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        path = folder / f"film{n}.dcm"
+        ds.save_as(path, write_like_original=False)
+        items.append({"image": str(path), "label": str(path), "name": f"film{n}"})
+    return items
+
+
+def test_without_group_information_the_split_is_by_image_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(SAMPLE_DATA / "images", root / "images")
+    shutil.copytree(SAMPLE_DATA / "masks", root / "masks")
+    splits = prepare_splits(root, tmp_path / "split.json", check_files=False)
+    assert "split by image, so films of one patient may fall in training and test" in caplog.text
+    assert json.loads((tmp_path / "split.json").read_text())["grouping"] == "image"
+    assert splits == split_datalist(datalist_from_folder(root)[0])
+
+
+def test_a_split_saved_before_grouping_is_made_again_by_patient(tmp_path: Path) -> None:
+    out = tmp_path / "split.json"
+    first = prepare_splits(SAMPLE_DATA, out, check_files=False)
+    record = json.loads(out.read_text())
+    del record["grouping"]  # as an older lungseg wrote it: split by image
+    record["test"] = record["training"][:2]
+    out.write_text(json.dumps(record))
+    assert prepare_splits(SAMPLE_DATA, out, check_files=False) == first
+    assert prepare_splits(SAMPLE_DATA, out, check_files=False) == first  # now reused as saved

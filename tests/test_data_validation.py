@@ -13,6 +13,7 @@ from monai.bundle import ConfigParser
 from lungseg_monai.data import (
     DatalistError,
     datalist_from_folder,
+    assign_groups,
     prepare_splits,
     split_datalist,
     validate_datalist,
@@ -83,8 +84,8 @@ def test_prepare_splits_records_excluded_pairs_and_keeps_good_ones_in_place(
     record = json.loads((tmp_path / "split.json").read_text())
     assert sorted(Path(b["image"]).name.split(".")[0] for b in record["excluded"]) == sorted(EXPECTED_REASONS)
     assert all(set(b) == {"image", "label", "reason"} for b in record["excluded"])
-    # Each good pair sits where the name-based split of the whole folder put it.
-    unchecked = split_datalist(datalist_from_folder(root)[0], seed=3)
+    # Each good pair sits where the split of the whole folder (by name and DICOM Patient ID) put it.
+    unchecked = split_datalist(assign_groups(datalist_from_folder(root)[0], root)[0], seed=3)
     for part, items in splits.items():
         assert [i["name"] for i in items] == [i["name"] for i in unchecked[part] if usable[i["name"]]]
         assert record[part] == items
