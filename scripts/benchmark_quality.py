@@ -299,7 +299,9 @@ def benchmark_backbone(args: argparse.Namespace, backbone: str, overrides: list[
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", choices=BACKBONE_CHOICES, action="append", help="repeatable; default: both")
-    parser.add_argument("--dataset_dir", default=str(DEFAULT_DATA), help="folder with images/ and masks/")
+    parser.add_argument(
+        "--dataset_dir", default=str(DEFAULT_DATA), help="folder with images/ and masks/, or a CSV/JSON datalist"
+    )
     parser.add_argument("--work_dir", default=str(REPO_ROOT.parent / "bench_quality"), help="one bundle_root per backbone here")
     parser.add_argument("--report", default=str(DEFAULT_REPORT), help="Markdown file the results are appended to")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra bundle override, repeatable")
@@ -323,8 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if not (Path(args.dataset_dir) / "images").is_dir():
-        print(f"error: dataset_dir '{args.dataset_dir}' has no images/ folder; pass --dataset_dir DATA", file=sys.stderr)
+    if not ((Path(args.dataset_dir) / "images").is_dir() or Path(args.dataset_dir).is_file()):
+        print(
+            f"error: dataset_dir '{args.dataset_dir}' is neither a folder with images/ nor a CSV/JSON datalist; "
+            "pass --dataset_dir DATA",
+            file=sys.stderr,
+        )
         return 2
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)

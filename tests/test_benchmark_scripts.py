@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 benchmark_quality = importlib.import_module("benchmark_quality")
 benchmark_speed = importlib.import_module("benchmark_speed")
 resize_ceiling = importlib.import_module("resize_ceiling")
+pseudo_labels = importlib.import_module("pseudo_labels")
 
 
 def test_quality_override_without_equals_is_rejected_with_the_received_value():
@@ -128,3 +129,46 @@ def test_resize_ceiling_is_perfect_at_full_size_and_lower_when_shrunk(capsys: py
     resize_ceiling.main([str(SAMPLE_DATA / "masks"), "--sizes", "64", "--every", "12"])
     out = capsys.readouterr().out
     assert out.startswith("3 masks from ") and re.search(r"^\| 64 \| 0\.9\d{3} \|", out, re.M), out
+
+
+def test_pseudo_labels_extend_only_the_training_part_with_films_whose_licence_and_patient_allow_it(
+    trained_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A small archive of real sample films: Actualmed's and a labelled patient's films are left out; the
+    teacher's masks of the rest join the training part; validation and test stay the labelled split's."""
+    from lungseg_monai.data import prepare_splits
+
+    archive = tmp_path / "archive"
+    (archive / "images").mkdir(parents=True)
+    films = sorted((SAMPLE_DATA / "images").glob("*.png"))[:5]
+    rows = ["name,source,license,patient,cxr_lung_patient"]
+    for n, film in enumerate(films):
+        shutil.copy(film, archive / "images" / film.name)
+        source, licence, labelled_patient = [
+            ("actualmed", "", ""), ("nih_cxr8", "CC0", "17"), ("nih_cxr8", "CC0", ""), ("hannover", "CC BY 3.0", "")
+        ][min(n, 3)]
+        rows.append(f"{film.name},{source},{licence},p{n},{labelled_patient}")
+    (archive / "manifest.csv").write_text("\n".join(rows) + "\n")
+    split = trained_bundle / "models" / "datalist_split.json"
+    code = pseudo_labels.main(
+        ["--teacher", str(trained_bundle / "models" / "model.pt"), "--split", str(split), "--unlabelled",
+         str(archive), "--out", str(tmp_path / "out"), "--keep", "pass", "--keep", "review", "--keep", "reject",
+         "--keep", "unavailable"]
+    )  # fmt: skip
+    assert code == 0
+    datalist = json.loads((tmp_path / "out" / "datalist.json").read_text())
+    labelled = json.loads(split.read_text())
+    assert datalist["pseudo_labels"]["left_out"] == {
+        "source actualmed (licence: none stated)": 1,
+        "patient also in the labelled set": 1,
+    }
+    pseudo = datalist["training"][len(labelled["training"]) :]
+    assert datalist["training"][: len(labelled["training"])] == labelled["training"]
+    assert sorted(Path(p["image"]).name for p in pseudo) == sorted(f.name for f in films[2:])
+    assert all(Path(p["label"]).is_file() and p["group"].startswith("p") for p in pseudo)
+    assert (datalist["validation"], datalist["test"]) == (labelled["validation"], labelled["test"])
+    student = prepare_splits(tmp_path / "out" / "datalist.json", tmp_path / "student_split.json", check_files=False)
+    assert [len(student[p]) for p in ("training", "validation", "test")] == [
+        len(labelled["training"]) + 3, len(labelled["validation"]), len(labelled["test"])
+    ]  # fmt: skip
+    assert "3 kept as pseudo-labels" in capsys.readouterr().out
