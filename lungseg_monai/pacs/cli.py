@@ -27,9 +27,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "and send its DICOM SEG and SR (lung areas, quality verdict) to each --send-to peer (C-STORE) and "
             "--stow-to server (STOW-RS). Every accepted instance is on disk before its success status is "
             "answered, so kill -9 and a restart lose nothing; results wait in the spool's outbox while a "
-            "destination is down. Other objects (CT, MR, lateral views, non-chest films) are skipped with a "
-            "reason in the log. SIGTERM finishes the current batch and leaves the rest spooled. Options given "
-            "here override the --config file's."
+            "destination is down; a result a destination refuses is retried a few times, then set aside in "
+            "the spool's undeliverable/ folder while the others go on. Other objects (CT, MR, lateral views, "
+            "non-chest films) are skipped with a reason in the log; an instance that crashed the node three "
+            "times goes to failed/. One node per spool (a second one exits with an error). SIGTERM finishes "
+            "the current batch and leaves the rest spooled. Options given here override the --config file's."
         ),
     )
     parser.add_argument("--config", default=None, metavar="FILE", help="JSON file with the node's settings")
@@ -93,6 +95,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="segment images whose header names another body part or modality (the pixel checks still apply)",
     )
+    parser.add_argument(
+        "--allow-uncalibrated",
+        action="store_true",
+        default=None,
+        help="start with a model that has no QC calibration and send results whose QC verdict is 'unavailable' "
+        "(default: refuse such a model; calibrate it with the bundle's calibrate_qc)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     parser.add_argument(
         "--precision", choices=PRECISIONS, default=None, help=f"network arithmetic (default: {DEFAULT_PRECISION})"
@@ -100,7 +109,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--status",
         action="store_true",
-        help="print the spool's counts (received, segmented, sent, failed, waiting) as JSON and exit",
+        help="print the spool's counts (received, segmented, sent, failed, waiting) as JSON and exit "
+        "(read only: works beside the node running on that spool)",
     )
     parser.set_defaults(func=run, without_training_modules=True)
     return parser
@@ -120,6 +130,7 @@ _SETTINGS = (
     "overlay",
     "write_rejected_seg",
     "check_headers",
+    "allow_uncalibrated",
     "device",
     "precision",
 )
@@ -139,7 +150,12 @@ def run(args: argparse.Namespace) -> int:
         if not spool:
             logger.error("--status needs --spool DIR (or a --config file naming it)")
             return EXIT_FAILED
-        print(json.dumps(Spool(spool).status(), indent=2))
+        try:
+            status = Spool(spool, read_only=True).status()  # no lock: a running node keeps its spool
+        except FileNotFoundError as e:
+            logger.error("%s", e)
+            return EXIT_FAILED
+        print(json.dumps(status, indent=2))
         return EXIT_OK
     try:
         config = load_config(args.config, overrides)
@@ -148,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     from lungseg_monai.io.checkpoint import CheckpointError
     from lungseg_monai.pacs.node import DicomNode
+    from lungseg_monai.pacs.spool import SpoolInUseError
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         # highdicom logs each module it copies, pynetdicom each association at INFO.
@@ -155,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     try:
         DicomNode(config).serve_forever()
-    except (CheckpointError, OSError, ValueError) as e:
+    except (CheckpointError, OSError, ValueError, SpoolInUseError) as e:
         logger.error("%s", e)
         return EXIT_FAILED
     return EXIT_OK

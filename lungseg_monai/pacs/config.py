@@ -30,6 +30,8 @@ DEFAULT_MAX_ASSOCIATIONS = 8
 # Retries of a destination that is down or refuses: first after 2 s, doubling up to 5 minutes.
 DEFAULT_RETRY_FIRST_S = 2.0
 DEFAULT_RETRY_MAX_S = 300.0
+# A result a destination refuses this many times is set aside in undeliverable/.
+DEFAULT_MAX_REFUSALS = 5
 # An AE title is at most 16 characters of the default character repertoire, no backslash.
 _AET_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
@@ -105,10 +107,15 @@ class NodeConfig:
         write_rejected_seg: also send a SEG of a mask quality control rejects (its SR says so).
         check_headers: skip instances whose header names another body part or modality.
         device, precision: as for ``lungseg infer``.
-        retry_first_s, retry_max_s: back-off of a destination that is down or refuses.
-        max_refusals: a result a destination refuses (a DICOM error status, not a connection
-            failure) this many times is given up and counted failed; a destination that cannot be
-            reached is retried without limit.
+        retry_first_s, retry_max_s: back-off of a destination that cannot be reached (the whole
+            destination waits), and of each result a destination refused (that result waits, the
+            others go on): doubling from the first to the most.
+        max_refusals: a result a destination refuses this many times (a DICOM error status, an
+            association rejected permanently, no presentation context for its SOP class, a STOW-RS
+            answer refusing it; see :mod:`lungseg_monai.pacs.sender`) is set aside in
+            ``undeliverable/`` and counted; a destination that cannot be reached is retried without limit.
+        allow_uncalibrated: start with a model that has no usable QC calibration, sending results
+            whose QC verdict is ``unavailable``; without it such a model is refused at start.
     """
 
     model: str
@@ -128,7 +135,8 @@ class NodeConfig:
     precision: str = "auto"
     retry_first_s: float = DEFAULT_RETRY_FIRST_S
     retry_max_s: float = DEFAULT_RETRY_MAX_S
-    max_refusals: int = 5
+    max_refusals: int = DEFAULT_MAX_REFUSALS
+    allow_uncalibrated: bool = False
 
     def __post_init__(self) -> None:
         self.aet = _check_aet(self.aet, "AE title")
@@ -139,6 +147,8 @@ class NodeConfig:
             raise ValueError(
                 f"max_associations and batch_size must be at least 1, got {self.max_associations} and {self.batch_size}"
             )
+        if self.max_refusals < 1:
+            raise ValueError(f"max_refusals must be at least 1, got {self.max_refusals}")
         self.destinations()  # validates every destination
 
     def destinations(self) -> list[Destination]:

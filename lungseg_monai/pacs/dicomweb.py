@@ -25,6 +25,7 @@ from typing import Any
 import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
+from retrying import RetryError  # dicomweb-client's retry library
 from pydicom.datadict import tag_for_keyword
 
 from lungseg_monai.outputs.atomic import atomic_path
@@ -540,6 +541,11 @@ def stow(url: str, paths: Sequence[str | Path], session: requests.Session | None
                 continue
         except requests.RequestException as e:
             raise _error(client.base_url, "store instances (STOW-RS)", e) from e
+        except RetryError as e:  # dicomweb-client retried HTTP 408/429/503/504 and gave up: not reachable now
+            raise DicomwebError(
+                f"the DICOMweb server at '{client.base_url}' did not take a STOW-RS store after retries ({e})",
+                client.base_url,
+            ) from e
         stored = [str(item.get("ReferencedSOPInstanceUID", "")) for item in answer.get("ReferencedSOPSequence", [])]
         failed = {str(item.get("ReferencedSOPInstanceUID", "")): item for item in answer.get("FailedSOPSequence", [])}
         if not stored and not failed:  # an empty 200 answer: taken as all stored

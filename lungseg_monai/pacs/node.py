@@ -7,8 +7,24 @@ The spool (:mod:`~lungseg_monai.pacs.spool`) holds all state, so a restart after
 finishes what was accepted. SIGTERM (or Ctrl-C) stops accepting associations, finishes the batch
 being segmented and the delivery being sent, and leaves the rest spooled for the next start.
 
+What the node guarantees (the spool's docstring says how):
+
+* One node per spool: the node locks its spool (:class:`~lungseg_monai.pacs.spool.SpoolLock`)
+  before anything else, for its whole life; a second node on the same spool raises
+  :class:`~lungseg_monai.pacs.spool.SpoolInUseError` naming the spool and the PID of the first
+  (``lungseg node`` exits with status 1). ``lungseg node --status`` reads the counts without it.
+* After a crash, the instances of the batch that was being segmented are segmented again first,
+  one at a time; one that was started :data:`~lungseg_monai.pacs.spool.MAX_PROCESSING_ATTEMPTS`
+  times without ending goes to ``failed/`` with the reason.
+* A new copy of an instance (same SOP Instance UID) received while the first one is segmented is
+  segmented after it; its results replace the first one's.
+* A model without a usable QC calibration is refused at start
+  (:class:`~lungseg_monai.qc.quality.UncalibratedModelError`) unless
+  :attr:`NodeConfig.allow_uncalibrated`: its results would go out unchecked, QC ``unavailable``.
+
 Example:
-    >>> node = DicomNode(NodeConfig(model="models/model.pt", spool="spool", send_to=["PACS@127.0.0.1:4242"]))  # doctest: +SKIP
+    >>> config = NodeConfig(model="models/model.pt", spool="spool", send_to=["PACS@127.0.0.1:4242"])
+    >>> node = DicomNode(config)  # doctest: +SKIP
     >>> node.start(); node.port  # doctest: +SKIP
     11112
 """
@@ -26,7 +42,8 @@ from lungseg_monai.pacs.config import NodeConfig
 from lungseg_monai.pacs.processing import InstanceProcessor
 from lungseg_monai.pacs.scp import make_application_entity, make_store_handler
 from lungseg_monai.pacs.sender import Sender
-from lungseg_monai.pacs.spool import Spool
+from lungseg_monai.pacs.spool import Spool, SpoolLock
+from lungseg_monai.qc.quality import UncalibratedModelError
 
 __all__ = ["DicomNode"]
 
@@ -43,17 +60,27 @@ _DISK_RETRY_S = 10.0
 class DicomNode:
     """The DICOM node: listener, processing and sending threads over one spool.
 
+    The spool is locked from here until :meth:`stop` (or a failed :meth:`start`); a node is started once.
+
     Args:
         config: the node's settings.
         segmenter: a ready model (default: loaded from ``config.model`` on :meth:`start`).
+
+    Raises:
+        SpoolInUseError: another node holds ``config.spool``.
     """
 
     def __init__(self, config: NodeConfig, segmenter: LungSegmenter | None = None) -> None:
         self.config = config
         self.segmenter = segmenter
         self.batch_size = config.batch_size  # None until start(): then by the model's input size
-        self.spool = Spool(config.spool)
-        self.sender = Sender(self.spool, config)
+        self._spool_lock = SpoolLock(config.spool).acquire()  # before the spool's start-up clean-up
+        try:
+            self.spool = Spool(config.spool)
+            self.sender = Sender(self.spool, config)
+        except BaseException:
+            self._spool_lock.release()
+            raise
         self._stop = threading.Event()
         self._arrived = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -68,11 +95,25 @@ class DicomNode:
         return int(self._server.server_address[1])
 
     def status(self) -> dict[str, int]:
-        """Counts: received, segmented, skipped, rejected, failed, sent, undeliverable, waiting (see :meth:`Spool.status`)."""
+        """Counts: received, segmented, skipped, rejected, failed, sent, undeliverable, waiting (``Spool.status``)."""
         return self.spool.status()
 
     def start(self) -> DicomNode:
-        """Load the model, start the threads, then listen; returns at once."""
+        """Load the model, start the threads, then listen; returns at once.
+
+        Raises:
+            UncalibratedModelError: the model has no usable QC calibration and the config does not
+                say ``allow_uncalibrated`` (the spool is released).
+        """
+        if not self._spool_lock.held:
+            raise RuntimeError(f"this node was stopped and released the spool '{self.config.spool}'; make a new one")
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> DicomNode:
         from pynetdicom import _config, evt
 
         # Identifiers (patient data) stay out of pynetdicom's logs.
@@ -82,6 +123,11 @@ class DicomNode:
             self.segmenter = LungSegmenter.from_model(
                 self.config.model, self.config.device, precision=self.config.precision
             )
+        if self.segmenter.qc is None:
+            reason = getattr(self.segmenter, "qc_unavailable_reason", None) or "the model has no QC calibration"
+            if not self.config.allow_uncalibrated:
+                raise UncalibratedModelError(reason)
+            logger.warning("quality control is unavailable (%s): every result's QC verdict is 'unavailable'", reason)
         self.batch_size = self.config.batch_size or self.segmenter.auto_batch_size()
         processor = InstanceProcessor(
             self.segmenter,
@@ -117,16 +163,25 @@ class DicomNode:
         return self
 
     def stop(self, timeout: float = 120.0) -> None:
-        """Stop listening, finish the current batch and delivery, leave the rest spooled."""
+        """Stop listening, finish the current batch and delivery, leave the rest spooled, release the spool."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
         self._stop.set()
         self._arrived.set()
         self.sender.wake()
+        alive = []
         for thread in self._threads:
             thread.join(timeout=timeout)
+            if thread.is_alive():
+                alive.append(thread.name)
+        if not self._spool_lock.held:
+            return
+        if alive:  # still working on the spool: keep it locked until this process exits
+            logger.error("%s still running after %.0f s; the spool stays locked until exit", alive, timeout)
+            return
         logger.info("DICOM node stopped: %s", _counts_text(self.spool.status()))
+        self._spool_lock.release()
 
     def serve_forever(self) -> None:
         """Start, then run until SIGTERM or SIGINT."""
@@ -148,10 +203,15 @@ class DicomNode:
 
     def _process_loop(self, processor: InstanceProcessor) -> None:
         while not self._stop.is_set():
-            paths = self.spool.pending(limit=self.batch_size)
-            if len(paths) < self.batch_size and self._arrived.wait(timeout=_GATHER_S):
+            if len(self.spool.pending(limit=self.batch_size)) < self.batch_size and self._arrived.wait(_GATHER_S):
                 self._arrived.clear()
-                paths = self.spool.pending(limit=self.batch_size)
+            try:
+                # Claimed (moved to processing/, the attempt counted durably) before anything is read.
+                paths = self.spool.claim(self.batch_size)
+            except OSError as e:
+                logger.error("cannot claim spooled instances (%s); retrying in %.0f s", e, _DISK_RETRY_S)
+                self._stop.wait(timeout=_DISK_RETRY_S)
+                continue
             if not paths:
                 self._arrived.wait(timeout=1.0)
                 self._arrived.clear()
@@ -159,7 +219,10 @@ class DicomNode:
             try:
                 processor.process(paths)
             except OSError as e:  # e.g. the spool's disk is full: keep the instances, try again shortly
-                logger.error("cannot process %d spooled instance(s) (%s); retrying in %.0f s", len(paths), e, _DISK_RETRY_S)
+                logger.error(
+                    "cannot process %d spooled instance(s) (%s); retrying in %.0f s", len(paths), e, _DISK_RETRY_S
+                )
+                self.spool.unclaim(paths)
                 self._stop.wait(timeout=_DISK_RETRY_S)
             self.sender.wake()
             self._log_status()

@@ -10,8 +10,9 @@ with its post-processing and quality control, and the lung measurements. Per ins
 * with ``overlay``, a Secondary Capture of the lung contour over the film.
 
 All results go in the source's study, in new series, with UIDs derived from the source SOP
-Instance UID and the model identity (:class:`~lungseg_monai.outputs.dicom_uids.ResultUIDs`): a
-redo after a crash, or a study sent twice, gives the same objects, never a second copy in the PACS.
+Instance UID, the model identity and the settings, as ``lungseg infer``'s
+(:class:`~lungseg_monai.outputs.dicom_uids.ResultUIDs`): a redo after a crash, or a study sent
+twice, gives the same objects, never a second copy in the PACS.
 """
 
 from __future__ import annotations
@@ -84,15 +85,27 @@ class InstanceProcessor:
         self.overlay, self.write_rejected_seg, self.check_headers = overlay, write_rejected_seg, check_headers
 
     def process(self, paths: Sequence[Path]) -> None:
-        """Segment ``paths`` (spooled ``inbox/SOP.dcm`` files) as one batch; each ends segmented, skipped or failed."""
+        """Segment ``paths`` as one batch; each ends segmented, skipped or failed.
+
+        ``paths`` are instances the spool claimed (:meth:`Spool.claim`: ``processing/SOP.dcm``).
+        When the network fails on a batch of several (e.g. out of memory), each is tried alone, so
+        only an instance that fails by itself is failed.
+        """
         prepared = [p for p in (self._prepare(path) for path in paths) if p is not None]
+        self._segment(prepared)
+
+    def _segment(self, prepared: Sequence[Prepared]) -> None:
         if not prepared:
             return
         try:
             network_output = self.segmenter.forward_qc(torch.stack([p.tensor for p in prepared]))
         except Exception as e:  # noqa: BLE001 - e.g. out of memory: these instances fail, the node goes on
-            for p in prepared:
-                self._fail(p.sop, f"the network failed ({_reason(e)})")
+            if len(prepared) > 1:
+                logger.warning("the network failed on a batch of %d (%s); trying each alone", len(prepared), _reason(e))
+                for item in prepared:
+                    self._segment([item])
+                return
+            self._fail(prepared[0].sop, f"the network failed ({_reason(e)})")
             return
         for index, item in enumerate(prepared):
             try:
@@ -139,7 +152,7 @@ class InstanceProcessor:
     def write_results(self, item: Prepared, mask: np.ndarray, qc: QCResult) -> list[Path]:
         """Write the SEG, SR and overlay SC of one instance to ``results/SOP/``; returns the files."""
         identity = self.segmenter.identity
-        uids = ResultUIDs.for_source(item.header, identity)
+        uids = ResultUIDs.for_source(item.header, identity, self.segmenter.result_settings(self.write_rejected_seg))
         folder = self.spool.results_dir(item.sop)
         files = []
         seg = None

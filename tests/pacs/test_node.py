@@ -128,12 +128,12 @@ def test_batch_size_follows_the_models_input_size_unless_given(tmp_path: Path) -
     from lungseg_monai.pacs.config import NodeConfig
 
     segmenter = stub_segmenter()  # 32 px input: the CPU batch is capped, as in lungseg infer
-    with running_node(segmenter, spool=str(tmp_path / "auto")) as node:
+    with running_node(segmenter, spool=str(tmp_path / "auto"), allow_uncalibrated=True) as node:
         assert node.batch_size == MAX_CPU_BATCH_SIZE
     segmenter = LungSegmenter(segmenter.network, {**STUB_CARD, "image_size": 512}, "cpu", postprocess=False)
-    with running_node(segmenter, spool=str(tmp_path / "auto512")) as node:
+    with running_node(segmenter, spool=str(tmp_path / "auto512"), allow_uncalibrated=True) as node:
         assert node.batch_size == 1
-    with running_node(segmenter, spool=str(tmp_path / "given"), batch_size=3) as node:
+    with running_node(segmenter, spool=str(tmp_path / "given"), batch_size=3, allow_uncalibrated=True) as node:
         assert node.batch_size == 3
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         NodeConfig(model="m.pt", spool=str(tmp_path / "s"), batch_size=0)
