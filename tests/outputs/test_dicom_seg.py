@@ -16,7 +16,15 @@ from stub_segmenter import stub_segmenter
 
 from lungseg_monai import __version__
 from lungseg_monai.inference.runner import segment_files
-from lungseg_monai.outputs.dicom_seg import lung_segment_number, make_lung_seg, read_lung_seg_mask, save_lung_seg
+from lungseg_monai.outputs.dicom_seg import (
+    CONTENT_DESCRIPTION,
+    lung_segment_number,
+    make_lung_seg,
+    qc_content_description,
+    read_lung_seg_mask,
+    save_lung_seg,
+)
+from lungseg_monai.qc.quality import QCResult
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -181,3 +189,11 @@ def test_algorithm_type_is_checked_and_defaults_to_automatic() -> None:
     other.SegmentSequence = [pydicom.Dataset()]
     other.SegmentSequence[0].SegmentNumber = 1
     assert lung_segment_number(other) is None
+
+
+def test_content_description_never_describes_an_unchecked_mask_like_a_pass() -> None:
+    """A SEG whose mask QC could not check says so; only a pass says "Lungs segmented automatically"."""
+    unchecked = qc_content_description(QCResult.unavailable("the model has no QC calibration"))
+    assert unchecked == "QC unavailable: the model has no QC calibration"
+    assert qc_content_description(QCResult("pass", 0.97)) == CONTENT_DESCRIPTION
+    assert qc_content_description(QCResult("review", 0.85, ("estimated Dice 0.85 < 0.90",))).startswith("QC review: ")
