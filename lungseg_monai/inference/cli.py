@@ -13,6 +13,7 @@ import argparse
 import datetime
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -305,31 +306,31 @@ def _pull(args: argparse.Namespace, queries: list[dict[str, str]]) -> tuple[list
     return list(files), failed
 
 
-def _results_to_store(summary: InferenceSummary, write_rejected: bool) -> list[Path]:
-    """This run's DICOM results on disk: NAME.dcm in :data:`STOW_FOLDERS` for each DICOM input segmented or
-    kept; not the SEG of a mask quality control rejected in this run (unless ``write_rejected``: an
-    earlier run's SEG may still be there)."""
-    from lungseg_monai.qc.quality import QC_REJECT
+def _results_to_store(summary: InferenceSummary, formats: Sequence[str]) -> list[Path]:
+    """This run's DICOM results: NAME.dcm in the :data:`STOW_FOLDERS` asked for in ``formats``, for each DICOM input
+    segmented or kept, when the output manifest vouches for that file (written or kept for this input's content,
+    this model and these settings). Never an earlier run's file made with another model or settings, and never a
+    SEG quality control withheld (none is on disk)."""
+    from lungseg_monai.inference.manifest import OutputManifest
 
+    manifest = OutputManifest.load(summary.output_dir)
     paths = []
     for item in [*summary.segmented, *summary.up_to_date]:
-        if not item.is_dicom:
+        entry = manifest.entries.get(item.name)
+        if not item.is_dicom or entry is None:
             continue
-        verdict = summary.qc.get(item.name)
         for folder in STOW_FOLDERS:
-            if folder == "dicomseg" and verdict is not None and verdict.status == QC_REJECT and not write_rejected:
-                continue
             path = summary.output_dir / folder / f"{item.name}.dcm"
-            if path.is_file():
+            if folder in formats and folder in entry.outputs and path.is_file():
                 paths.append(path)
     return paths
 
 
-def _push(url: str, summary: InferenceSummary, write_rejected: bool) -> bool:
+def _push(url: str, summary: InferenceSummary, formats: Sequence[str]) -> bool:
     """STOW-RS this run's DICOM results to ``url``; False (reasons logged) when any was not stored."""
     from lungseg_monai.pacs.dicomweb import DicomwebError, stow
 
-    paths = _results_to_store(summary, write_rejected)
+    paths = _results_to_store(summary, formats)
     if not paths:
         logger.warning("--stow-to: no DICOM results to store (no DICOM input has a SEG in this run)")
         return True
@@ -413,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
             logger.warning(line)
         else:
             logger.info(line)
-    stored = _push(args.stow_to, summary, args.write_rejected_seg) if args.stow_to else True
+    stored = _push(args.stow_to, summary, formats) if args.stow_to else True
     if not summary.ok:
         return EXIT_FAILED
     if not stored:

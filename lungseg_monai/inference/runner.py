@@ -246,6 +246,7 @@ class _Options:
 
     write_rejected: bool
     settings: dict[str, Any]
+    output_dir: Path
 
 
 def _outputs(job: _Job) -> list[str]:
@@ -253,11 +254,17 @@ def _outputs(job: _Job) -> list[str]:
     return [*job.targets, *(["measurements"] if job.measure else [])]
 
 
-def _withhold_seg(job: _Job, reason: str) -> None:
+def _seg_withheld(status: str, write_rejected: bool) -> bool:
+    """True when a mask with this QC status gets no DICOM SEG."""
+    return status == QC_REJECT and not write_rejected
+
+
+def _withhold_seg(job: _Job, options: _Options, reason: str) -> None:
     """No SEG for this job's input: remove one an earlier run left under its name (another model's, other
-    settings', or a ``write_rejected`` run's), so that it is never kept, listed or sent under this verdict."""
-    target = job.targets.get("dicomseg")
-    if target is not None and target.exists():
+    settings', or a ``write_rejected`` run's), whatever formats this run writes, so that it is never kept,
+    listed or sent under this verdict."""
+    target = output_path(options.output_dir, "dicomseg", job.item.name)
+    if target.exists():
         target.unlink()
         logger.warning("'%s': removed the DICOM SEG of an earlier run '%s' (%s)", job.item.path, target, reason)
 
@@ -272,24 +279,35 @@ def _plan(
     states: dict[InferenceInput, InputState | None],
     settings: dict[str, Any],
 ) -> tuple[list[_Job], list[InferenceInput]]:
-    """Outputs still to write per input. An existing output is kept only when the manifest says it was
-    made from this input's content with this model and these settings; anything else is redone."""
-    jobs, done = [], []
+    """Outputs still to write per input, the inputs whose outputs are all kept, and those no asked-for output
+    applies to (DICOM formats only, for a non-DICOM input). An existing output is kept only when the
+    manifest says it was made from this input's content with this model and these settings; anything
+    else is redone. A SEG withheld for these settings counts as done without a file."""
+    jobs, done, inapplicable = [], [], []
     for item in found.inputs:
         targets = {
             fmt: output_path(output_dir, fmt, item.name)
             for fmt in formats
             if fmt in _LAYOUT and (fmt not in _DICOM_FORMATS or item.is_dicom)
         }
+        if not targets and "measurements" not in formats:
+            inapplicable.append(item)
+            continue
         valid = set() if overwrite else manifest.valid_outputs(item.name, states[item], settings["model"], settings)
-        kept = {fmt: path for fmt, path in targets.items() if fmt in valid and path.exists()}
+        verdict = manifest.verdict(item.name) if valid else None
+        withheld = verdict is not None and _seg_withheld(str(verdict.get("qc_status")), settings["write_rejected"])
+        kept = {
+            fmt: path
+            for fmt, path in targets.items()
+            if fmt in valid and (path.exists() or (fmt == "dicomseg" and withheld))
+        }
         targets = {fmt: path for fmt, path in targets.items() if fmt not in kept}
         measure = "measurements" in formats and ("measurements" not in valid or item.name not in rows)
         if targets or measure:
-            jobs.append(_Job(item, targets, measure, kept.get("dicomseg")))
+            jobs.append(_Job(item, targets, measure, None if withheld else kept.get("dicomseg")))
         else:
             done.append(item)
-    return jobs, done
+    return jobs, done, inapplicable
 
 
 def _save(summary: InferenceSummary, path: Path, save: Callable[[], bool]) -> bool:
@@ -321,10 +339,13 @@ def _write_outputs(
 ) -> tuple[list[Path], list[str], dict[str, Any] | None, QCResult]:
     """Mask and quality verdict from the network's output, then every output the job needs.
 
-    Returns (files written, formats written, CSV row or None, QC verdict).
+    Returns (files written, formats done, CSV row or None, QC verdict); a withheld SEG is done
+    (decided: none for this verdict and these settings) without a file.
     """
     mask = segmenter.to_mask(network_output.probabilities[0], radiograph.shape)
     qc = segmenter.assess(network_output)
+    if _seg_withheld(qc.status, options.write_rejected):
+        _withhold_seg(job, options, "quality control rejects the mask")
     row = measure_radiograph(mask, radiograph, job.item.name) if job.measure or "dicomsr" in job.targets else None
     if row is not None:
         row.update(qc.as_row())
@@ -335,9 +356,9 @@ def _write_outputs(
     seg = job.seg_kept
     written, produced = [], []
     for fmt, target in job.targets.items():
-        if fmt == "dicomseg" and qc.status == QC_REJECT and not options.write_rejected:
-            logger.warning("'%s': no DICOM SEG, quality control rejects the mask (%s)", job.item.path, qc.reasons_text())
-            _withhold_seg(job, "quality control rejects the mask")
+        if fmt == "dicomseg" and _seg_withheld(qc.status, options.write_rejected):
+            logger.warning("'%s': no DICOM SEG, QC rejects the mask (%s)", job.item.path, qc.reasons_text())
+            produced.append(fmt)
             continue
         if fmt == "mask":
             save_png(mask_to_uint8_2d(mask), target)
@@ -346,7 +367,8 @@ def _write_outputs(
         elif fmt == "nifti":
             save_nifti_mask(mask, target, radiograph.geometry)
         elif source is not None:
-            _write_dicom(fmt, target, job.item.path, source, segmenter.identity, options, mask, radiograph, qc, row, seg)
+            identity = segmenter.identity
+            _write_dicom(fmt, target, job.item.path, source, identity, options, mask, radiograph, qc, row, seg)
             if fmt == "dicomseg":
                 seg = target  # the SR of this job references it
         written.append(target)
@@ -492,7 +514,7 @@ class _Pipeline:
 
     def _reject(self, job: _Job, error: ImplausibleInputError) -> None:
         self.summary.rejected.append(SkippedInput(job.item.path, error.reason))
-        _withhold_seg(job, f"the input is refused: {error.reason}")
+        _withhold_seg(job, self.options, f"the input is refused: {error.reason}")
         verdict = QCResult.refused(error.reason)
         self.summary.qc[job.item.name] = verdict
         if job.measure:
@@ -595,7 +617,13 @@ def segment_files(
     with ThreadPoolExecutor(workers, thread_name_prefix="lungseg-hash") as pool:
         states = dict(zip(found.inputs, pool.map(manifest.state, [item.path for item in found.inputs])))
     identity, settings = segmenter.identity, segmenter.result_settings(bool(write_rejected))
-    jobs, summary.up_to_date = _plan(found, output_dir, formats, overwrite, rows, manifest, states, settings)
+    jobs, summary.up_to_date, inapplicable = _plan(
+        found, output_dir, formats, overwrite, rows, manifest, states, settings
+    )
+    summary.skipped += [
+        SkippedInput(item.path, f"none of the formats asked for ({', '.join(formats)}) applies to a non-DICOM input")
+        for item in inapplicable
+    ]
     if batch_size is None:
         batch_size = segmenter.auto_batch_size()
     for item in summary.up_to_date:  # kept: its verdict is the one recorded; refresh the stat of touched inputs
@@ -611,7 +639,7 @@ def segment_files(
             len(summary.up_to_date),
             output_dir,
         )
-    options = _Options(bool(write_rejected), settings)
+    options = _Options(bool(write_rejected), settings, output_dir)
     pipeline = _Pipeline(segmenter, summary, rows, options, batch_size, workers, progress, len(jobs))
     try:
         pipeline.run(jobs)

@@ -192,7 +192,7 @@ def test_a_recalibration_redoes_the_outputs_and_their_verdicts(segmenting_bundle
 
 def test_a_withheld_seg_is_removed_never_kept_or_sent(segmenting_bundle: Path, tmp_path: Path) -> None:
     """An earlier run's SEG (another model's, or a --write-rejected-seg run's) is removed when today's verdict
-    withholds it, and is neither recorded in the manifest nor among the results --stow-to sends."""
+    withholds it, the SR references none, and --stow-to sends none."""
     require_shared()
     from lungseg_monai.inference.cli import _results_to_store
     from lungseg_monai.inference.runner import segment_files
@@ -202,6 +202,7 @@ def test_a_withheld_seg_is_removed_never_kept_or_sent(segmenting_bundle: Path, t
     seg = out / "dicomseg" / f"{siim}.dcm"
     passing = _bundle_with(segmenting_bundle, tmp_path / "pass", _constant_score(0.97))
     rejecting = _bundle_with(segmenting_bundle, tmp_path / "reject", {"ood_threshold": 0.0})
+    formats = ["mask", "dicomseg", "dicomsr"]
     for model, write_rejected, seg_expected in [
         (passing, False, True),  # a pass: its SEG is written
         (rejecting, False, False),  # another calibration rejects: the pass's SEG goes
@@ -209,13 +210,13 @@ def test_a_withheld_seg_is_removed_never_kept_or_sent(segmenting_bundle: Path, t
         (rejecting, False, False),  # the same model without the flag: that SEG goes too
     ]:
         summary = segment_files(
-            [DICOM_JPEG_SIIM], out, model, formats="mask,dicomseg,dicomsr", progress=False, write_rejected=write_rejected
+            [DICOM_JPEG_SIIM], out, model, formats=formats, progress=False, write_rejected=write_rejected
         )
         assert summary.ok and [i.name for i in summary.segmented] == [siim]
         assert seg.exists() == seg_expected
         outputs = json.loads((out / "manifest.json").read_text())["names"][siim]["outputs"]
-        assert ("dicomseg" in outputs) == seg_expected
-        assert (seg in _results_to_store(summary, write_rejected)) == seg_expected
+        assert "dicomseg" in outputs  # done for these settings: written, or decided none (withheld)
+        assert (seg in _results_to_store(summary, formats)) == seg_expected
         sr = pydicom.dcmread(out / "dicomsr" / f"{siim}.dcm")
         referenced = [
             ref.ReferencedSOPInstanceUID
@@ -224,3 +225,37 @@ def test_a_withheld_seg_is_removed_never_kept_or_sent(segmenting_bundle: Path, t
             for ref in series.ReferencedSOPSequence
         ]
         assert (len(referenced) == 2) == seg_expected  # the image, and the SEG when there is one
+
+
+def test_reruns_keep_a_withheld_seg_withheld_and_send_only_what_this_run_vouches_for(
+    segmenting_bundle: Path, tmp_path: Path
+) -> None:
+    """A rejected film is not redone on a rerun (its SEG is decided: none); a SEG of an earlier pass is removed
+    even when this run writes no SEG; --stow-to sends only this run's formats made with this run's settings."""
+    require_shared()
+    from lungseg_monai.inference.cli import _results_to_store
+    from lungseg_monai.inference.runner import segment_files
+
+    siim = str(pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True).SOPInstanceUID)
+    out = tmp_path / "out"
+    passing = _bundle_with(segmenting_bundle, tmp_path / "pass", _constant_score(0.97))
+    rejecting = _bundle_with(segmenting_bundle, tmp_path / "reject", {"ood_threshold": 0.0})
+
+    def run(model: Path, formats: list[str]):  # noqa: ANN202
+        summary = segment_files([DICOM_JPEG_SIIM, PNG], out, model, formats=formats, progress=False)
+        assert summary.ok
+        return summary
+
+    first = run(passing, ["mask", "dicomseg", "dicomsr"])
+    assert (out / "dicomseg" / f"{siim}.dcm").is_file() and len(_results_to_store(first, ["dicomseg", "dicomsr"])) == 2
+    second = run(rejecting, ["mask"])  # no SEG asked for: the pass's SEG still goes
+    assert not (out / "dicomseg" / f"{siim}.dcm").exists()
+    assert _results_to_store(second, ["dicomseg", "dicomsr"]) == []  # the SR on disk is the first model's
+    third = run(rejecting, ["mask", "dicomseg"])
+    assert [i.name for i in third.segmented] == [siim]
+    fourth = run(rejecting, ["mask", "dicomseg"])  # nothing changed: nothing redone, the verdict read back
+    assert fourth.segmented == [] and {i.name for i in fourth.up_to_date} == {siim, "1052b0fe"}
+    assert fourth.qc[siim].status == "reject" and _results_to_store(fourth, ["dicomseg"]) == []
+    dicom_only = segment_files([PNG], tmp_path / "out2", rejecting, formats="dicomseg", progress=False)
+    assert dicom_only.ok and not dicom_only.qc
+    assert dicom_only.skipped[0].reason == "none of the formats asked for (dicomseg) applies to a non-DICOM input"
