@@ -81,6 +81,7 @@ def trained_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--image_size", "64",
         "--max_epochs", "2",
         "--batch_size", "6",
+        "--qc_min_validation", "4",  # the sample's 9 validation films: enough to exercise QC, not to trust it
     )  # fmt: skip
     assert (root / "models" / "model.pt").is_file()
     return root

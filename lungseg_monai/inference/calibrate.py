@@ -23,8 +23,12 @@ __all__ = ["calibrate_model"]
 
 logger = logging.getLogger(__name__)
 
-# The fewest training and validation images a calibration can be fitted on.
+# The fewest training images the feature distribution is fitted on.
 MIN_IMAGES = 2
+# The fewest held-out validation images the OOD limit and the score regression are fitted on by default.
+# A handful of films (a first MONAI Label round) cannot say where the bad tail starts: such a model
+# publishes no calibration, so its verdicts are 'unavailable' and the gates stop them.
+MIN_VALIDATION_IMAGES = 20
 
 
 def calibrate_model(
@@ -32,29 +36,46 @@ def calibrate_model(
     datalists: Mapping[str, Sequence[Mapping[str, Any]]],
     device: str | torch.device | None = None,
     tta: bool = True,
+    min_validation: int = MIN_VALIDATION_IMAGES,
 ) -> Path | None:
     """Calibrate the model at ``model_path`` on ``datalists["training"]``/``["validation"]``; update its ``model.json``.
 
+    Args:
+        model_path: the trained ``models/model.pt`` (``model.json`` beside it).
+        datalists: the training's split.
+        device: where the model runs.
+        tta: use the test-time perturbation agreement.
+        min_validation: the fewest held-out validation images to calibrate on (at least 2).
+
     Returns:
-        The model card file written, or None (with a warning) when the split is too small to
-        calibrate on (fewer than 2 training or validation images): the model then has no QC.
+        The model card file written, or None (with a warning) when the split cannot calibrate
+        honestly: fewer than 2 training or ``min_validation`` validation images, or validation
+        images that are also training images (a fine-tune on a few labels validates on its own
+        training labels). The card's old calibration, if any, is removed: the model then has no
+        QC and its verdicts say ``unavailable``.
 
     Raises:
         FileNotFoundError: no ``model.json`` beside the model (calibration is stored there).
     """
     model_path = Path(model_path)
-    n_training, n_validation = len(datalists.get("training", ())), len(datalists.get("validation", ()))
-    if n_training < MIN_IMAGES or n_validation < MIN_IMAGES:
+    training, validation = list(datalists.get("training", ())), list(datalists.get("validation", ()))
+    seen = {str(item["image"]) for item in training}
+    overlap = sum(str(item["image"]) in seen for item in validation)
+    needed = max(MIN_IMAGES, int(min_validation))
+    if len(training) < MIN_IMAGES or len(validation) < needed or overlap:
         # A training on a handful of images (a first MONAI Label round) still publishes its model.
         logger.warning(
-            "QC not calibrated for '%s': needs at least %d training and %d validation images, got %d and %d; "
-            "its quality verdicts will say 'unavailable'",
+            "QC not calibrated for '%s': needs at least %d training and %d held-out validation images, got %d and "
+            "%d (%d of them training images too); its quality verdicts will say 'unavailable' and --fail-on, "
+            "--stow-to and lungseg node stop them unless --allow-uncalibrated",
             model_path,
             MIN_IMAGES,
-            MIN_IMAGES,
-            n_training,
-            n_validation,
+            needed,
+            len(training),
+            len(validation),
+            overlap,
         )
+        _drop_calibration(model_path.with_suffix(".json"))
         return None
     card_path = model_path.with_suffix(".json")
     if not card_path.is_file():
@@ -69,3 +90,13 @@ def calibrate_model(
         Path(tmp).write_text(json.dumps(card, indent=1))
     logger.info("QC calibration written to '%s'", card_path)
     return card_path
+
+
+def _drop_calibration(card_path: Path) -> None:
+    """Remove a ``"qc"`` entry left in ``card_path`` by an earlier training (it belongs to other weights)."""
+    if not card_path.is_file():
+        return
+    card = json.loads(card_path.read_text())
+    if card.pop(QC_CARD_KEY, None) is not None:
+        with atomic_path(card_path) as tmp:
+            Path(tmp).write_text(json.dumps(card, indent=1))

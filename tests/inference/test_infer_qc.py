@@ -259,3 +259,23 @@ def test_reruns_keep_a_withheld_seg_withheld_and_send_only_what_this_run_vouches
     dicom_only = segment_files([PNG], tmp_path / "out2", rejecting, formats="dicomseg", progress=False)
     assert dicom_only.ok and not dicom_only.qc
     assert dicom_only.skipped[0].reason == "none of the formats asked for (dicomseg) applies to a non-DICOM input"
+
+
+@pytest.mark.parametrize("case", ["too_few", "validation_is_training"])
+def test_a_split_that_cannot_calibrate_honestly_publishes_no_calibration(
+    trained_bundle: Path, segmenting_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    """A fine-tune on a handful of labels (or one validating on its training labels) gets no calibration: the
+    card's old one goes too, so the gates see 'unavailable' instead of a calibration they would trust."""
+    from lungseg_monai.inference import LungSegmenter, calibrate_model
+
+    model = _bundle_with(segmenting_bundle, tmp_path / "bundle", {})
+    split = json.loads((trained_bundle / "models" / "datalist_split.json").read_text())
+    training = split["training"]
+    # the sample's 9 validation films are under the default minimum of 20; training films as validation
+    # are refused whatever the minimum
+    validation, minimum = (split["validation"], 20) if case == "too_few" else (training[:4], 2)
+    assert calibrate_model(model, {"training": training, "validation": validation}, "cpu", min_validation=minimum) is None
+    assert "qc" not in json.loads(model.with_suffix(".json").read_text())
+    assert "QC not calibrated" in caplog.text
+    assert LungSegmenter.from_model(model, device="cpu").qc is None
