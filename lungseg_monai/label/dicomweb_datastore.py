@@ -31,11 +31,12 @@ secondary-capture chest radiographs of a DICOMweb server (Orthanc, dcm4chee, a c
   Label's training and next-sample strategies use) are the MANUAL and SEMIAUTOMATIC SEGs only, by
   the same rule: an image whose SEGs are all AUTOMATIC is unlabelled for training, so the model is
   never fine-tuned on its own masks. With ``train_on_automatic=True`` (``lungseg label
-  --train-on-automatic``) such an image is trained on its latest AUTOMATIC SEG **that quality
-  control passed**: one whose Content Description does not start with ``"QC "`` (the ``"QC review:
-  ..."``, ``"QC reject: ..."`` and ``"QC unavailable: ..."`` that
-  :func:`~lungseg_monai.outputs.dicom_seg.qc_content_description` writes: a mask QC could not check
-  is not a passed one). The label info says ``UsedForTraining``.
+  --train-on-automatic``) such an image is trained on its latest AUTOMATIC SEG when **quality
+  control passed it**: one of ours (Manufacturer ``lungseg_monai``) whose Content Description is
+  exactly the pass's (:func:`~lungseg_monai.outputs.dicom_seg.qc_content_description`; not "QC
+  review: ...", "QC reject: ..." or "QC unavailable: ..."). Another vendor's SEG is never vouched
+  for, and when the latest model SEG was not passed, no older one is used instead. The label info
+  says ``UsedForTraining``.
 
 A PACS that cannot be reached, or refuses a request, gives :class:`~lungseg_monai.label.errors.PacsError`
 (HTTP 502 with the server's URL and the reason) and the app keeps serving: an image already in the
@@ -64,7 +65,8 @@ from lungseg_monai.label.datastore import read_label
 from lungseg_monai.label.errors import HTTP_NOT_FOUND, BadRequestError, ImageNotFoundError, PacsError
 from lungseg_monai.outputs import atomic_path, save_png
 from lungseg_monai.outputs.dicom_sc import make_overlay_sc
-from lungseg_monai.outputs.dicom_seg import lung_segment_number, make_lung_seg, read_lung_seg_mask
+from lungseg_monai.outputs.dicom_header import MANUFACTURER
+from lungseg_monai.outputs.dicom_seg import CONTENT_DESCRIPTION, lung_segment_number, make_lung_seg, read_lung_seg_mask
 from lungseg_monai.outputs.dicom_uids import derived_uid
 from lungseg_monai.outputs.overlay import overlay_contours
 from lungseg_monai.pacs.dicomweb import (
@@ -111,6 +113,7 @@ class SegLabel:
             upper case, "" when absent).
         content_description: the SEG's Content Description ("QC reject: ..." for a mask quality
             control rejected).
+        manufacturer: the SEG's Manufacturer (``lungseg_monai`` for ours).
     """
 
     ref: InstanceRef
@@ -118,6 +121,7 @@ class SegLabel:
     content_datetime: str
     algorithm_type: str
     content_description: str = ""
+    manufacturer: str = ""
 
     @property
     def by_person(self) -> bool:
@@ -126,11 +130,14 @@ class SegLabel:
 
     @property
     def qc_passed(self) -> bool:
-        """False when the Content Description gives a quality-control verdict (review, reject)."""
-        return not self.content_description.startswith(QC_VERDICT_PREFIX)
+        """True only for one of our own SEGs whose quality control passed: made by ``lungseg_monai`` and
+        described exactly as a pass is (another vendor's SEG, or a verdict of review, reject or
+        unavailable, is not vouched for)."""
+        return self.manufacturer == MANUFACTURER and self.content_description == CONTENT_DESCRIPTION
 
     def trainable(self, train_on_automatic: bool) -> bool:
-        """Whether it may be a training label: a person's, or with ``train_on_automatic`` a model's that QC passed."""
+        """Whether it may be a training label: a person's, or with ``train_on_automatic`` a model's that QC passed
+        (the datastore also requires it to be the image's latest model SEG)."""
         return self.by_person or (train_on_automatic and self.qc_passed)
 
     @property
@@ -181,8 +188,9 @@ def _seg_labels(ref: InstanceRef, header: pydicom.Dataset) -> list[SegLabel]:
     segment = next(s for s in header.SegmentSequence if int(s.SegmentNumber) == number)
     algorithm_type = str(segment.get("SegmentAlgorithmType", "") or "").strip().upper()
     description = str(header.get("ContentDescription", "") or "").strip()
+    manufacturer = str(header.get("Manufacturer", "") or "").strip()
     when = _content_datetime(header)
-    return [SegLabel(ref, sop, when, algorithm_type, description) for sop in _referenced_sops(header)]
+    return [SegLabel(ref, sop, when, algorithm_type, description, manufacturer) for sop in _referenced_sops(header)]
 
 
 class DicomwebDatastore(Datastore):
@@ -309,8 +317,12 @@ class DicomwebDatastore(Datastore):
                 for label in seg_labels:
                     if label.source_sop_uid in self._images:
                         _keep_best(labels, label)
-                        if label.trainable(self.train_on_automatic):
+                        if label.by_person:
                             _keep_best(training, label)
+            if self.train_on_automatic:  # only the image's latest model SEG, and only when QC passed it
+                for image, label in labels.items():
+                    if image not in training and label.trainable(True):
+                        training[image] = label
             self._labels = labels
             self._training = training
             self._listed_at = time.monotonic()

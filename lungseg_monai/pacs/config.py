@@ -149,6 +149,10 @@ class NodeConfig:
             )
         if self.max_refusals < 1:
             raise ValueError(f"max_refusals must be at least 1, got {self.max_refusals}")
+        for name in ("overlay", "write_rejected_seg", "check_headers", "allow_uncalibrated"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):  # "false" in a JSON config would be truthy and open a gate
+                raise ValueError(f"node setting '{name}' must be true or false (a JSON boolean), got {value!r}")
         self.destinations()  # validates every destination
 
     def destinations(self) -> list[Destination]:

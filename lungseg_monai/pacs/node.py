@@ -49,6 +49,9 @@ __all__ = ["DicomNode"]
 
 logger = logging.getLogger(__name__)
 
+# How long stop() waits for the batch and the delivery in progress: under systemd's default 90 s
+# stop timeout, so a routine restart never kills a batch (which would count as a crash attempt).
+STOP_TIMEOUT_S = 60.0
 # How often the node logs its counts while work is waiting.
 STATUS_LOG_INTERVAL_S = 30.0
 # An instance that arrives while others are waiting joins their batch if it comes within this time.
@@ -162,7 +165,7 @@ class DicomNode:
         )
         return self
 
-    def stop(self, timeout: float = 120.0) -> None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Stop listening, finish the current batch and delivery, leave the rest spooled, release the spool."""
         if self._server is not None:
             self._server.shutdown()

@@ -167,6 +167,8 @@ class InstanceProcessor:
                 content_description=qc_content_description(qc),
             )
             files.append(_save(seg, folder / "seg.dcm"))
+        else:  # an earlier copy of this instance may have left a SEG here: never send it under this verdict
+            (folder / "seg.dcm").unlink(missing_ok=True)
         measurements = measure_radiograph(mask, item.radiograph, item.sop)
         sr = make_lung_sr(item.header, seg, measurements, qc, identity, uids.sr_series_uid, uids.sr_sop_uid)
         files.append(_save(sr, folder / "sr.dcm"))

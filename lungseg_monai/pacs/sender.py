@@ -222,7 +222,13 @@ class Sender:
             if key not in self.destinations:
                 logger.warning("outbox '%s' belongs to a destination no longer configured; left as it is", key)
         while not stop.is_set():
-            sent_any = self.deliver_due()
+            try:
+                sent_any = self.deliver_due()
+            except Exception as e:  # noqa: BLE001 - e.g. the spool's disk is full: never let the sending thread die
+                logger.error("cannot deliver from the outbox (%s: %s); trying again in %.0f s", type(e).__name__, e,
+                             self.config.retry_first_s)  # fmt: skip
+                stop.wait(timeout=self.config.retry_first_s)
+                continue
             if not sent_any:
                 self._wake.wait(timeout=self._idle_wait())
                 self._wake.clear()
@@ -270,6 +276,12 @@ class Sender:
                 self._retry_later(key, destination, str(e))
                 return
             refused = e.refused
+            if len(entries) > 1 and all(f in refused for f in files):
+                # One answer for the whole request (an HTTP 400 or 413, an association rejected): which result
+                # is at fault is unknown, so each is sent on its own before a refusal is counted against it.
+                for entry in entries:
+                    self._deliver(key, destination, [entry])
+                return
         except Exception as e:  # noqa: BLE001 - an unexpected failure: keep the node up, try again later
             self._retry_later(key, destination, f"{type(e).__name__}: {e}")
             return

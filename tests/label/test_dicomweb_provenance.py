@@ -177,8 +177,7 @@ def test_a_model_seg_that_quality_control_did_not_pass_is_never_a_training_label
     rejected = _stow_model_seg(pacs, rejected_film, _mask(rejected_film, 10, 10), reject, folder)
     _stow_model_seg(pacs, reviewed_film, _mask(reviewed_film, 10, 10), review, folder)
     # One image: an older model's SEG that QC passed, a newer model's, later, that QC rejected.
-    passed_mask = _mask(both_film, 40, 20)
-    _stow_model_seg(pacs, both_film, passed_mask, QCResult(QC_PASS, 0.96), folder, date=LATER_DATE)
+    _stow_model_seg(pacs, both_film, _mask(both_film, 40, 20), QCResult(QC_PASS, 0.96), folder, date=LATER_DATE)
     newer = _stow_model_seg(
         pacs, both_film, _mask(both_film, 70, 80), reject, folder, model=NEWER_MODEL, date=EVEN_LATER_DATE
     )
@@ -193,13 +192,11 @@ def test_a_model_seg_that_quality_control_did_not_pass_is_never_a_training_label
         assert info["SOPInstanceUID"] == rejected and info["UsedForTraining"] is False
         assert info["ContentDescription"] == "QC reject: lung area 3% of the film, expected at least 10%"
         assert store.get_label_info(reviewed_id, "final")["ContentDescription"].startswith("QC review: ")
-        # Shown: the latest model's SEG, rejected; trained on (when asked): the older one QC passed.
+        # Shown: the latest model's SEG, rejected; never trained on, and neither is the older one QC passed:
+        # the latest model's verdict on this film is a reject.
         shown = store.get_label_info(both_id, "final")
         assert (shown["SOPInstanceUID"], shown["UsedForTraining"]) == (newer, False)
-        if train_on_automatic:
-            np.testing.assert_array_equal(training[both_id], passed_mask)
-        else:
-            assert both_id not in training
+        assert both_id not in training
 
 
 def test_lungseg_label_train_on_automatic_makes_a_model_seg_that_qc_passed_a_training_label(
@@ -220,9 +217,11 @@ def test_lungseg_label_train_on_automatic_makes_a_model_seg_that_qc_passed_a_tra
         assert (shown["X-Segment-Algorithm-Type"], shown["X-Used-For-Training"]) == ("AUTOMATIC", "true")
 
 
-def _label(algorithm_type: str, when: str, sop: str = "1.2.3", description: str = "") -> SegLabel:
-    """A SegLabel of a synthetic SEG header (no PACS): only its type, date, UID and description matter."""
-    return SegLabel(InstanceRef("1.2", "1.2.9", sop, "SEG"), "1.2.3.4", when, algorithm_type, description)
+def _label(
+    algorithm_type: str, when: str, sop: str = "1.2.3", description: str = "", manufacturer: str = "lungseg_monai"
+) -> SegLabel:
+    """A SegLabel of a synthetic SEG header (no PACS): only its type, date, UID, description and maker matter."""
+    return SegLabel(InstanceRef("1.2", "1.2.9", sop, "SEG"), "1.2.3.4", when, algorithm_type, description, manufacturer)
 
 
 def test_seg_label_order_is_provenance_first_then_recency_synthetic() -> None:
@@ -243,11 +242,16 @@ def test_seg_label_order_is_provenance_first_then_recency_synthetic() -> None:
         ("AUTOMATIC", "Lungs segmented automatically", False, True),
         ("AUTOMATIC", "QC review: out-of-distribution score 0.9", False, False),
         ("AUTOMATIC", "QC reject: lung area 3% of the film", False, False),
-        ("", "", False, True),  # no type: not a person's
+        ("AUTOMATIC", "QC unavailable: the model has no QC calibration", False, False),
+        ("", "Lungs segmented automatically", False, True),  # no type: not a person's
+        ("", "", False, False),  # no verdict at all
+        ("AUTOMATIC", "Lungs segmented automatically|OtherVendor", False, False),  # not ours: not vouched for
     ],
 )
 def test_which_segs_are_training_labels_synthetic(
     algorithm_type: str, description: str, by_default: bool, with_automatic: bool
 ) -> None:
-    label = _label(algorithm_type, "20240101000000.000000", description=description)
+    description, _, vendor = description.partition("|")
+    maker = vendor or "lungseg_monai"
+    label = _label(algorithm_type, "20240101000000.000000", description=description, manufacturer=maker)
     assert (label.trainable(False), label.trainable(True)) == (by_default, with_automatic)

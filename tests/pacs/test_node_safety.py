@@ -183,9 +183,11 @@ def test_a_transient_association_rejection_stays_unreachable_and_is_retried_past
 class _StowServer(http.server.ThreadingHTTPServer):
     """STOW-RS at ``/dicom-web/studies`` of a PACS without SEG support: it stores every other
     instance and refuses SEGs (Failed SOP Sequence, "SOP class not supported"); HTTP 200 when all
-    are stored, 202 when some are, 409 when none. ``answer_status`` set: that bare HTTP status."""
+    are stored, 202 when some are, 409 when none. ``answer_status`` set: that bare HTTP status.
+    ``max_parts`` set: a request with more instances is answered 413 (a proxy's body size limit)."""
 
     answer_status: int | None = None
+    max_parts: int | None = None
     stored: list[str]
 
 
@@ -203,8 +205,14 @@ class _StowHandler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
         boundary = self.headers["Content-Type"].split("boundary=")[1].strip('"').encode()
+        parts = body.split(b"--" + boundary)[1:-1]
+        if self.server.max_parts is not None and len(parts) > self.server.max_parts:
+            self.send_response(413)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         stored, failed = [], []
-        for part in body.split(b"--" + boundary)[1:-1]:
+        for part in parts:
             ds = pydicom.dcmread(io.BytesIO(part.split(b"\r\n\r\n", 1)[1][: -len(b"\r\n")]))
             item = {
                 "00081150": {"vr": "UI", "Value": [str(ds.SOPClassUID)]},
@@ -528,3 +536,28 @@ def test_lungseg_node_exits_with_the_reason_for_an_uncalibrated_model_file_and_s
     finally:
         node.terminate()
         assert node.wait(timeout=60) == 0
+
+
+def test_a_refusal_of_a_whole_request_is_not_counted_against_its_results_sent_one_by_one_synthetic_files(
+    tmp_path: Path,
+) -> None:
+    """HTTP 413 for a request of several results (a proxy's size limit): each result is sent on its own before
+    any refusal is counted, so a backlog is delivered instead of being set aside in undeliverable/."""
+    from lungseg_monai.pacs.config import NodeConfig
+    from lungseg_monai.pacs.sender import Sender
+    from lungseg_monai.pacs.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    with stow_server() as server:
+        server.max_parts = 1
+        config = NodeConfig(model="in-process", spool=str(tmp_path / "spool"), stow_to=[_url(server)], **FAST)
+        sender = Sender(spool, config)
+        destination = next(iter(sender.destinations))
+        for n in range(3):
+            sop = f"1.2.3.{n}"
+            sr = _synthetic_result(spool.results_dir(sop), "SR", "1.2.840.10008.5.1.4.1.1.88.22")
+            spool.complete(sop, [sr], [destination])
+        assert sender.deliver_due()
+        assert sorted(server.stored) == ["SR", "SR", "SR"]
+    status = spool.status()
+    assert (status["sent"], status["undeliverable"], status["waiting_to_send"]) == (3, 0, 0)

@@ -330,3 +330,12 @@ def test_reading_the_counts_read_only_changes_nothing_in_a_working_spool(tmp_pat
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         Spool(tmp_path / "absent", read_only=True)
     assert not (tmp_path / "absent").exists()
+
+
+def test_a_boolean_node_setting_given_as_a_string_is_refused(tmp_path: Path) -> None:
+    """"false" in a JSON config is truthy: it would turn the calibration gate off instead of on."""
+    config = tmp_path / "node.json"
+    config.write_text(json.dumps({"model": "m.pt", "spool": "s", "allow_uncalibrated": "false"}))
+    with pytest.raises(ValueError) as info:
+        load_config(config, {})
+    assert str(info.value) == "node setting 'allow_uncalibrated' must be true or false (a JSON boolean), got 'false'"
