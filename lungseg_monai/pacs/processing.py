@@ -105,13 +105,13 @@ class InstanceProcessor:
                 for item in prepared:
                     self._segment([item])
                 return
-            self._fail(prepared[0].sop, f"the network failed ({_reason(e)})")
+            self._fail(prepared[0].sop, f"the network failed ({_reason(e)})", prepared[0].path)
             return
         for index, item in enumerate(prepared):
             try:
                 self._finish(item, network_output.item(index))
             except Exception as e:  # noqa: BLE001 - one bad instance must not stop the others
-                self._fail(item.sop, f"its results cannot be made ({_reason(e)})")
+                self._fail(item.sop, f"its results cannot be made ({_reason(e)})", item.path)
 
     def _prepare(self, path: Path) -> Prepared | None:
         sop = path.stem
@@ -120,27 +120,27 @@ class InstanceProcessor:
             reason = classify_dicom(header, check_headers=self.check_headers)
             if reason is not None:
                 logger.info("instance %s skipped: %s", sop, reason)
-                self.spool.skip(sop, "skipped", reason)
+                self.spool.skip(sop, "skipped", reason, path)
                 return None
             radiograph = read_radiograph(path)
             ensure_plausible(radiograph.pixels, path)
             return Prepared(sop, path, header, radiograph, self.segmenter.prepare(radiograph))
         except ImplausibleInputError as e:
             logger.info("instance %s rejected: %s", sop, e.reason)
-            self.spool.skip(sop, "rejected", e.reason)
+            self.spool.skip(sop, "rejected", e.reason, path)
         except Exception as e:  # noqa: BLE001 - a corrupt instance must not stop the node
-            self._fail(sop, f"it cannot be read ({_reason(e)})")
+            self._fail(sop, f"it cannot be read ({_reason(e)})", path)
         return None
 
-    def _fail(self, sop: str, reason: str) -> None:
+    def _fail(self, sop: str, reason: str, path: Path) -> None:
         logger.error("instance %s failed: %s", sop, reason)
-        self.spool.fail(sop, reason)
+        self.spool.fail(sop, reason, path)
 
     def _finish(self, item: Prepared, network_output: QCForward) -> None:
         mask = self.segmenter.to_mask(network_output.probabilities[0], item.radiograph.shape)
         qc = self.segmenter.assess(network_output)
         files = self.write_results(item, mask, qc)
-        self.spool.complete(item.sop, files, self.destinations, qc_status=qc.status)
+        self.spool.complete(item.sop, files, self.destinations, path=item.path, qc_status=qc.status)
         logger.info(
             "instance %s segmented: QC %s%s; %d result(s) queued",
             item.sop,

@@ -373,7 +373,9 @@ class Spool:
     def results_dir(self, sop: str) -> Path:
         return self.results / sop
 
-    def complete(self, sop: str, files: Sequence[Path], destinations: Iterable[str], **details: Any) -> None:
+    def complete(
+        self, sop: str, files: Sequence[Path], destinations: Iterable[str], path: Path | None = None, **details: Any
+    ) -> None:
         """An instance's results are written: queue them for every destination, then drop the instance.
 
         The instance dropped is its claimed copy (``processing/``; a newer copy in ``inbox/`` stays
@@ -384,22 +386,26 @@ class Spool:
             for dest in destinations:
                 self._write_entry(dest, OutboxEntry(sop, names))
         self.log_event("segmented", sop, results=names, **details)
-        self._drop_instance(sop)
+        self._drop_instance(sop, path)
         if not names:
             self._remove_results_if_unused(sop)
 
-    def skip(self, sop: str, event: str, reason: str) -> None:
+    def skip(self, sop: str, event: str, reason: str, path: Path | None = None) -> None:
         """Not to segment (``skipped``: not a frontal chest radiograph; ``rejected``: implausible pixels)."""
         self.log_event(event, sop, reason=reason)
-        self._drop_instance(sop)
+        self._drop_instance(sop, path)
         self._remove_results_if_unused(sop)
 
-    def fail(self, sop: str, reason: str) -> None:
-        """Could not be processed: moved to ``failed/`` with the reason, for a person to look at."""
+    def fail(self, sop: str, reason: str, path: Path | None = None) -> None:
+        """Could not be processed: moved to ``failed/`` with the reason, for a person to look at.
+
+        ``path``: the copy that failed (the processor passes the one it claimed, so a newer copy
+        waiting in ``inbox/`` is never moved in its place); default: see :meth:`_instance_path`.
+        """
         with atomic_path(self.failed / f"{sop}.json", durable=True) as tmp:
             tmp.write_text(json.dumps({"sop": sop, "reason": reason, "time": time.time()}))
         with self._files_lock:
-            source = self._instance_path(sop)
+            source = self._instance_path(sop, path)
             if source.exists():
                 os.replace(source, self.failed / f"{sop}.dcm")
                 fsync_path(source.parent)
@@ -547,14 +553,17 @@ class Spool:
         with atomic_path(self.processing / f"{sop}.json", durable=True) as tmp:
             tmp.write_text(json.dumps({"sop": sop, "attempts": attempts, "time": round(time.time(), 3)}))
 
-    def _instance_path(self, sop: str) -> Path:
-        """The copy of an instance being processed: its claimed one, else the one in ``inbox/``."""
+    def _instance_path(self, sop: str, path: Path | None = None) -> Path:
+        """The copy of an instance being processed: ``path`` when given, else its claimed one, else the one in
+        ``inbox/`` (for callers that did not claim it)."""
+        if path is not None:
+            return Path(path)
         claimed = self.processing / f"{sop}.dcm"
         return claimed if claimed.exists() else self.inbox / f"{sop}.dcm"
 
-    def _drop_instance(self, sop: str) -> None:
+    def _drop_instance(self, sop: str, copy: Path | None = None) -> None:
         with self._files_lock:
-            path = self._instance_path(sop)
+            path = self._instance_path(sop, copy)
             path.unlink(missing_ok=True)
             if path.parent == self.processing:
                 (self.processing / f"{sop}.json").unlink(missing_ok=True)

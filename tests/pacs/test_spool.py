@@ -241,6 +241,21 @@ def test_a_new_copy_received_while_the_first_is_segmented_waits_in_the_inbox_and
     assert spool.results_dir("1.2.3").is_dir()
 
 
+def test_failing_a_claimed_copy_after_it_was_dropped_never_moves_the_newer_copy_waiting_in_the_inbox(
+    tmp_path: Path,
+) -> None:
+    """complete() dropped the claimed copy, then something failed and the processor fails the instance: the
+    failure names the claimed copy, so the correction waiting in inbox/ is not moved to failed/ unprocessed."""
+    spool = Spool(tmp_path)
+    _receive(spool, "1.2.3", b"FIRST")
+    [first] = spool.claim(4)
+    _receive(spool, "1.2.3", b"SECOND")
+    spool.complete("1.2.3", [], [], path=first)
+    spool.fail("1.2.3", "its results cannot be made (OSError: disk full)", first)
+    assert [p.read_bytes() for p in spool.pending()] == [b"SECOND"]
+    assert not (spool.failed / "1.2.3.dcm").exists()
+
+
 def test_an_outbox_entry_replaced_by_a_newer_copys_results_is_not_dropped_by_the_older_ones_delivery(
     tmp_path: Path,
 ) -> None:
