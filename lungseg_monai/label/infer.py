@@ -25,6 +25,7 @@ from lungseg_monai.label import LABEL_NAMES
 from lungseg_monai.label.errors import BadRequestError
 from lungseg_monai.label.models import ReloadingSegmenter
 from lungseg_monai.outputs.label_map import save_label_map
+from lungseg_monai.qc.input import ImplausibleInputError, ensure_plausible
 
 __all__ = [
     "LungSegInferTask",
@@ -105,6 +106,9 @@ class LungSegInferTask(InferTask):
         start = time.perf_counter()
         try:
             radiograph = read_radiograph(image)
+            ensure_plausible(radiograph.pixels, image)  # what lungseg infer refuses before the network
+        except ImplausibleInputError as e:
+            raise BadRequestError(f"'{Path(image).name}' is refused before the network: {e.reason}") from e
         except RadiographReadError as e:
             raise BadRequestError(f"cannot segment '{Path(image).name}': {e.reason}") from e
         loaded = time.perf_counter()

@@ -94,6 +94,17 @@ def test_infer_refuses_an_unsupported_result_extension(tmp_path: Path) -> None:
     )
 
 
+def test_infer_refuses_a_blank_film_before_the_network_like_lungseg_infer_synthetic(tmp_path: Path) -> None:
+    """A blank image is no radiograph: refused with the reason lungseg infer gives, the model never loaded."""
+    (tmp_path / "model.pt").write_bytes(b"never loaded")
+    Image.fromarray(np.full((256, 256), 128, np.uint8)).save(tmp_path / "blank.png")
+    task = LungSegInferTask(ReloadingSegmenter(ModelStore(tmp_path / "model.pt", tmp_path / "work")), "test")
+    with pytest.raises(BadRequestError) as info:
+        task({"image": str(tmp_path / "blank.png")})
+    assert info.value.status_code == 400
+    assert info.value.detail.startswith("'blank.png' is refused before the network: ")
+
+
 def test_write_label_map_takes_a_jpeg_resolution_like_3d_slicer_synthetic(tmp_path: Path) -> None:
     mask = _synthetic_asymmetric_mask()
     Image.fromarray(mask * 200).save(tmp_path / "image.jpg", dpi=(72, 72))  # ITK reads 25.4 / 72 mm pixels
