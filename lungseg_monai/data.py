@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -53,6 +54,8 @@ GROUP_COLUMNS = ("group", "patient")
 # The folder datasets' table of per-film facts (name, patient, licence ...), beside images/.
 MANIFEST_NAME = "manifest.csv"
 BY_IMAGE = "image"
+# Hex digits of a Patient ID's hash kept as its pseudonym in a split.
+_PSEUDONYM_CHARS = 16
 
 
 def file_stem(path: str | os.PathLike) -> str:
@@ -314,7 +317,8 @@ def _manifest_groups(folder: Path) -> dict[str, str]:
 
 
 def _dicom_patient(path: str) -> str | None:
-    """The Patient ID of a DICOM file, None for other files or an empty ID."""
+    """A pseudonym of the Patient ID of a DICOM file (``patient-`` and 16 hex digits of its SHA-256), None for
+    other files or an empty ID. The ID itself is patient data: it never reaches the saved split or a log."""
     import pydicom  # here: only DICOM datasets need it
 
     try:
@@ -322,7 +326,7 @@ def _dicom_patient(path: str) -> str | None:
     except Exception:  # noqa: BLE001 - not DICOM (PNG, NIfTI ...) or unreadable: no group from it
         return None
     value = str(header.get("PatientID", "") or "").strip()
-    return value or None
+    return f"patient-{hashlib.sha256(value.encode()).hexdigest()[:_PSEUDONYM_CHARS]}" if value else None
 
 
 def assign_groups(
@@ -333,7 +337,7 @@ def assign_groups(
     Sources, first that applies: ``group_pattern`` (a regex searched in the file name; its first
     capture group, or the whole match, is the group), a ``group``/``patient`` value already in the
     item (CSV/JSON datalists), ``manifest.csv`` beside ``images/`` in a folder dataset, the DICOM
-    Patient ID of DICOM films.
+    Patient ID of DICOM films (kept as a pseudonym: a hash, never the ID).
 
     Returns:
         ``(items, grouping)``: copies of the items (with ``"group"`` where one was found) and
