@@ -185,6 +185,10 @@ def run(model: Path, split_file: Path | None, limit: int | None) -> str:
     area = auroc(scores, bad)
     good = [s for s, d in zip(statuses, dices) if d >= GOOD_DICE]
     good_flagged = sum(s != "pass" for s in good) / max(len(good), 1)
+    # issue 21: QC must see the bad tail, not only rank it
+    bad_statuses = [s for s, d in zip(statuses, dices) if d < BAD_DICE]
+    bad_stopped = sum(s != "pass" for s in bad_statuses)
+    bad_detail = ", ".join(f"{d:.3f} {s}" for s, d in sorted(zip(statuses, dices), key=lambda x: x[1]) if d < BAD_DICE)
 
     with tempfile.TemporaryDirectory() as tmp:
         others = non_chest_files(Path(tmp))
@@ -213,6 +217,8 @@ def run(model: Path, split_file: Path | None, limit: int | None) -> str:
         f"| Spearman(qc_score, Dice) | {rho:.3f} | >= 0.6 |",
         f"| AUROC of qc_score for Dice < {BAD_DICE} | {area:.3f} | >= 0.9 |",
         f"| good masks (Dice >= {GOOD_DICE}) not passed | {good_flagged:.1%} of {len(good)} | <= 5 % |",
+        f"| bad masks (Dice < {BAD_DICE}) not passed | {bad_stopped} of {len(bad_statuses)} ({bad_detail or 'none'}) "
+        "| >= 2 of 3 (issue 21) |",
         f"| test verdicts | {dict(Counter(statuses))} | |",
         f"| non-chest rejected, as `lungseg infer` sees them | {rejected_share(with_headers):.0%} of {len(others)} | 100 % |",
         f"| non-chest rejected on pixels alone (headers ignored) | {rejected_share(pixels_only):.0%} of {len(others)} | 100 % |",
