@@ -124,3 +124,24 @@ def c_store_concurrently(port: int, paths: Sequence[Path], associations: int) ->
     shares = [list(paths[i::associations]) for i in range(associations)]
     with ThreadPoolExecutor(associations) as pool:
         return [status for statuses in pool.map(lambda share: c_store(port, share), shares) for status in statuses]
+
+
+def stow_model_seg(
+    dicomweb_url: str, film: Path, mask: np.ndarray, qc: object, folder: Path, model: str, date: str = ""
+) -> str:
+    """Store a model's AUTOMATIC SEG of ``film`` with verdict ``qc`` as ``lungseg infer --stow-to`` does; returns
+    its SOP Instance UID. ``date``: its Content Date instead of today's (a SEG made later)."""
+    from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg
+    from lungseg_monai.outputs.dicom_uids import ResultUIDs
+    from lungseg_monai.pacs.dicomweb import stow
+
+    uids = ResultUIDs.for_source(pydicom.dcmread(film, stop_before_pixels=True), model)
+    target = folder / f"{uids.seg_sop_uid}.dcm"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_lung_seg(mask, film, target, uids.seg_series_uid, model, qc_content_description(qc), uids.seg_sop_uid)
+    if date:
+        seg = pydicom.dcmread(target)
+        seg.ContentDate = date
+        seg.save_as(target)
+    assert stow(dicomweb_url, [target]).ok
+    return uids.seg_sop_uid

@@ -23,13 +23,11 @@ pytest.importorskip("monailabel", reason="needs the 'label' extra (pip install '
 from conftest import require_shared  # noqa: E402
 from label_server import png_bytes, running_label_server  # noqa: E402
 from orthanc import Orthanc, require_orthanc, running_orthanc  # noqa: E402
-from pacs_tools import chest_instances  # noqa: E402
+from pacs_tools import chest_instances, stow_model_seg  # noqa: E402
 
 from lungseg_monai.io import read_mask  # noqa: E402
 from lungseg_monai.label.dicomweb_datastore import DicomwebDatastore, SegLabel  # noqa: E402
-from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg  # noqa: E402
-from lungseg_monai.outputs.dicom_uids import ResultUIDs  # noqa: E402
-from lungseg_monai.pacs.dicomweb import InstanceRef, stow  # noqa: E402
+from lungseg_monai.pacs.dicomweb import InstanceRef  # noqa: E402
 from lungseg_monai.qc.quality import QC_PASS, QC_REJECT, QC_REVIEW, QCResult  # noqa: E402
 
 SIDE = 128
@@ -78,23 +76,7 @@ def _save_manual(store: DicomwebDatastore, image_id: str, mask: np.ndarray, tmp_
 def _stow_model_seg(
     pacs: Pacs, film: Path, mask: np.ndarray, qc: QCResult, folder: Path, model: str = MODEL, date: str = ""
 ) -> str:
-    """Store a model's SEG of ``film`` as ``lungseg infer --stow-to`` does; returns its SOP Instance UID.
-
-    ``date``: its Content Date instead of today's (a SEG made later).
-    """
-    source = pydicom.dcmread(film, stop_before_pixels=True)
-    uids = ResultUIDs.for_source(source, model)
-    target = folder / f"{uids.seg_sop_uid}.dcm"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_lung_seg(
-        mask, film, target, uids.seg_series_uid, model, qc_content_description(qc), sop_instance_uid=uids.seg_sop_uid
-    )
-    if date:
-        seg = pydicom.dcmread(target)
-        seg.ContentDate = date
-        seg.save_as(target)
-    assert stow(pacs.orthanc.dicomweb, [target]).ok
-    return uids.seg_sop_uid
+    return stow_model_seg(pacs.orthanc.dicomweb, film, mask, qc, folder, model, date)
 
 
 def _png(path: str) -> np.ndarray:

@@ -32,7 +32,7 @@ requests = pytest.importorskip("requests")
 from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1  # noqa: E402
 from label_server import LabelServer, expected_mask, png_bytes, running_label_server, sha256  # noqa: E402
 from orthanc import Orthanc, require_orthanc, running_orthanc  # noqa: E402
-from pacs_tools import chest_instances  # noqa: E402
+from pacs_tools import chest_instances, stow_model_seg  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lungseg_monai.io import read_mask  # noqa: E402
@@ -256,25 +256,10 @@ def test_two_saves_for_different_images_at_the_same_time_both_land(server: Label
 
 
 def _stow_model_seg(pacs: Pacs, film: Path, mask: np.ndarray, folder: Path, date: str = "") -> str:
-    """Store a model's AUTOMATIC SEG of ``film`` (QC pass) as ``lungseg infer --stow-to`` does; returns its SOP UID.
-
-    ``date``: its Content Date instead of today's (a SEG made later).
-    """
-    from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg
-    from lungseg_monai.outputs.dicom_uids import ResultUIDs
-    from lungseg_monai.pacs.dicomweb import stow
+    """A model's AUTOMATIC SEG of ``film`` that QC passed, stored as ``lungseg infer --stow-to`` does."""
     from lungseg_monai.qc.quality import QC_PASS, QCResult
 
-    uids = ResultUIDs.for_source(_header(film), MODEL_IDENTITY)
-    target = folder / f"{uids.seg_sop_uid}.dcm"
-    description = qc_content_description(QCResult(QC_PASS, 0.97))
-    save_lung_seg(mask, film, target, uids.seg_series_uid, MODEL_IDENTITY, description, uids.seg_sop_uid)
-    if date:
-        seg = pydicom.dcmread(target)
-        seg.ContentDate = date
-        seg.save_as(target)
-    assert stow(pacs.orthanc.dicomweb, [target]).ok
-    return uids.seg_sop_uid
+    return stow_model_seg(pacs.orthanc.dicomweb, film, mask, QCResult(QC_PASS, 0.97), folder, MODEL_IDENTITY, date)
 
 
 def test_a_model_seg_stored_later_neither_replaces_the_manual_label_nor_is_trained_on(
