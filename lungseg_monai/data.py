@@ -311,9 +311,13 @@ def _manifest_groups(folder: Path) -> dict[str, str]:
     manifest = folder / MANIFEST_NAME
     if not manifest.is_file():
         return {}
+    groups = {}
     with open(manifest, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {str(row["name"]): group["group"] for row in rows if "name" in row for group in [_group_of(row)] if group}
+        for row in csv.DictReader(f):
+            group = _group_of(row)
+            if "name" in row and group:
+                groups[str(row["name"])] = group["group"]
+    return groups
 
 
 def _dicom_patient(path: str) -> str | None:

@@ -297,8 +297,8 @@ class LungSegmenter:
             calibration = self.card.get("qc")
             self.qc_unavailable_reason = calibration_problem(calibration, self.weights_sha256 if calibration else "")
             if self.qc_unavailable_reason is None:
-                quality_control = QualityControl(self.card["qc"])
-            elif self.card.get("qc"):  # a calibration that does not fit: say so once, loudly
+                quality_control = QualityControl(calibration)
+            elif calibration:  # a calibration that does not fit: say so once, loudly
                 logger.warning("quality control unavailable: %s", self.qc_unavailable_reason)
         self.qc = quality_control
         self.threshold = float(self.card["threshold"])

@@ -231,7 +231,7 @@ class _Job:
     targets: dict[str, Path]  # per-file outputs still to write
     measure: bool  # a measurements row is needed
     seg_kept: Path | None = None  # the SEG a new SR references when the SEG itself is kept
-    produced: list[str] = field(default_factory=list)  # the formats written (a withheld SEG is not)
+    produced: list[str] = field(default_factory=list)  # the formats done (a withheld SEG too, without a file)
 
 
 @dataclass(frozen=True)
@@ -239,14 +239,18 @@ class _Options:
     """Run-wide settings the writing threads need.
 
     Attributes:
-        write_rejected: write the DICOM SEG of a mask quality control rejects.
         settings: what decides the outputs' content (:meth:`LungSegmenter.result_settings`): the
             manifest's reuse rule and the DICOM results' UIDs.
+        output_dir: where the outputs go.
     """
 
-    write_rejected: bool
     settings: dict[str, Any]
     output_dir: Path
+
+    @property
+    def write_rejected(self) -> bool:
+        """Write the DICOM SEG of a mask quality control rejects (part of :attr:`settings`)."""
+        return bool(self.settings["write_rejected"])
 
 
 def _outputs(job: _Job) -> list[str]:
@@ -278,7 +282,7 @@ def _plan(
     manifest: OutputManifest,
     states: dict[InferenceInput, InputState | None],
     settings: dict[str, Any],
-) -> tuple[list[_Job], list[InferenceInput]]:
+) -> tuple[list[_Job], list[InferenceInput], list[InferenceInput]]:
     """Outputs still to write per input, the inputs whose outputs are all kept, and those no asked-for output
     applies to (DICOM formats only, for a non-DICOM input). An existing output is kept only when the
     manifest says it was made from this input's content with this model and these settings; anything
@@ -639,7 +643,7 @@ def segment_files(
             len(summary.up_to_date),
             output_dir,
         )
-    options = _Options(bool(write_rejected), settings, output_dir)
+    options = _Options(settings, output_dir)
     pipeline = _Pipeline(segmenter, summary, rows, options, batch_size, workers, progress, len(jobs))
     try:
         pipeline.run(jobs)

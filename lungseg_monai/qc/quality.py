@@ -272,12 +272,6 @@ class QualityControl:
         self.range_margin = float(calibration.get("range_margin", RANGE_MARGIN))
         self.tta = bool(calibration.get("tta", True))
 
-    @classmethod
-    def from_card(cls, card: Mapping[str, Any]) -> QualityControl | None:
-        """The QC of a model card, or None when the model was never calibrated."""
-        calibration = card.get("qc")
-        return cls(calibration) if calibration else None
-
     def out_of_range(self, features: Mapping[str, float]) -> list[str]:
         """Reasons for shape features outside the training range (widened by the margin)."""
         return out_of_range(features, self.ranges, self.range_margin)
