@@ -36,7 +36,7 @@ from scipy.stats import spearmanr
 from lungseg_monai.io import read_mask, read_radiograph
 from lungseg_monai.qc.mask import dice, feature_ranges, mask_features
 from lungseg_monai.qc.ood import FeatureDistribution
-from lungseg_monai.qc.quality import CALIBRATION_VERSION, ScoreModel, out_of_range
+from lungseg_monai.qc.quality import CALIBRATION_VERSION, REVIEW_BELOW, ScoreModel, out_of_range
 
 __all__ = ["OOD_MARGIN", "QC_CARD_KEY", "SCORE_FEATURES", "calibrate"]
 
@@ -52,11 +52,55 @@ OOD_MARGIN = 1.2
 SCORE_FEATURES = ("soft_dice", "tta_dice", "uncertain_share", "ood_distance", "n_out_of_range")
 RIDGE_ALPHA = 1.0
 QC_CARD_KEY = "qc"
+# The regression shrinks towards the mean Dice: masks of Dice 0.86-0.90 were estimated at 0.94-0.95
+# and passed at a fixed review limit of 0.90. So the limit is raised, from out-of-fold estimates on
+# the validation films (each film's qc_score from a regression fitted without its fold), until
+# GOOD_REVIEW_SHARE of the masks with Dice >= GOOD_DICE would go to review; never below REVIEW_BELOW,
+# and only with at least MIN_GOOD_FOR_LIMIT good masks to set it from.
+GOOD_DICE = 0.95
+GOOD_REVIEW_SHARE = 0.04
+MIN_GOOD_FOR_LIMIT = 10
+OUT_OF_FOLD_FOLDS = 5
 _BATCH = 8
 
 
 def _batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def out_of_fold_scores(
+    rows: Sequence[Mapping[str, float]],
+    dices: Sequence[float],
+    groups: Sequence[str],
+    names: Sequence[str],
+    folds: int = OUT_OF_FOLD_FOLDS,
+) -> np.ndarray:
+    """Each row's qc_score from a regression fitted on the other folds (films of one group in one fold)."""
+    order = sorted(set(groups))
+    fold_of = {g: i % folds for i, g in enumerate(order)}
+    fold = np.array([fold_of[g] for g in groups])
+    scores = np.empty(len(rows))
+    for k in range(min(folds, len(order))):
+        inside = fold == k
+        model = ScoreModel.fit(
+            [r for r, o in zip(rows, inside) if not o], [d for d, o in zip(dices, inside) if not o], names, RIDGE_ALPHA
+        )
+        scores[inside] = [model.predict(r) for r, o in zip(rows, inside) if o]
+    return scores
+
+
+def review_limit(scores: Sequence[float], dices: Sequence[float]) -> float:
+    """The ``review_below`` that sends :data:`GOOD_REVIEW_SHARE` of the good masks' (out-of-fold) scores to review.
+
+    Example:
+        >>> review_limit([0.96] * 20 + [0.93], [0.97] * 20 + [0.85])
+        0.96
+    """
+    good = np.sort([s for s, d in zip(scores, dices) if d >= GOOD_DICE])
+    if len(good) < MIN_GOOD_FOR_LIMIT:
+        return REVIEW_BELOW
+    allowed = int(GOOD_REVIEW_SHARE * len(good))  # good masks strictly below the limit
+    return float(max(REVIEW_BELOW, good[allowed]))
 
 
 def _grid_mask(label: np.ndarray, size: int) -> np.ndarray:
@@ -99,7 +143,7 @@ def calibrate(
     distribution = FeatureDistribution.fit(np.concatenate(train_features))
     ranges = feature_ranges(reference)
 
-    rows, dices, names = [], [], []
+    rows, dices, names, groups = [], [], [], []
     for batch in _batches(list(validation), _BATCH):
         radiographs = [read_radiograph(item["image"]) for item in batch]
         out = segmenter.forward_qc(torch.stack([segmenter.prepare(rg) for rg in radiographs]), tta=tta)
@@ -111,6 +155,7 @@ def calibrate(
             mask = segmenter.to_mask(one.probabilities[0], rg.shape)
             dices.append(dice(mask, read_mask(item["label"]).pixels))
             names.append(str(item["image"]))
+            groups.append(str(item.get("group", item["image"])))
     ood_threshold = OOD_MARGIN * max(r["ood_distance"] for r in rows)
     calibration: dict[str, Any] = {
         "version": CALIBRATION_VERSION,
@@ -127,21 +172,26 @@ def calibrate(
     calibration["score_model"] = score_model.to_dict()
     predicted = [score_model.predict(r) for r in rows]
     rho = spearmanr(predicted, dices).statistic if len(set(dices)) > 1 else float("nan")
+    enough_groups = len(set(groups)) >= OUT_OF_FOLD_FOLDS
+    held_out = out_of_fold_scores(rows, dices, groups, score_names) if enough_groups else None
+    calibration["review_below"] = REVIEW_BELOW if held_out is None else review_limit(held_out, dices)
     calibration["validation"] = {
         "n_training": len(training),
         "n_validation": len(validation),
         "dice_mean": float(np.mean(dices)),
         "spearman_in_sample": None if not np.isfinite(rho) else float(rho),
+        "spearman_out_of_fold": None if held_out is None else float(spearmanr(held_out, dices).statistic),
         "ood_distance_max": max(r["ood_distance"] for r in rows),
         "ood_distance_median": float(np.median([r["ood_distance"] for r in rows])),
     }
     logger.info(
         "QC calibrated on %d training and %d validation images: OOD limit %.3g, validation Dice %.4f, "
-        "Spearman(qc_score, Dice) %.3f in sample",
+        "Spearman(qc_score, Dice) %.3f in sample; review below %.3f",
         len(training),
         len(validation),
         ood_threshold,
         calibration["validation"]["dice_mean"],
         rho,
+        calibration["review_below"],
     )
     return calibration

@@ -9,8 +9,9 @@ at the end of training (:mod:`lungseg_monai.qc.calibration`) and stored in the m
 - ``reject``: the image is unlike every training radiograph (OOD distance above the calibrated
   limit), no lung was found, the mask is far from any training lung (two or more shape features
   out of range), or ``qc_score`` is below ``reject_below`` (0.80);
-- ``review``: ``qc_score`` below ``review_below`` (0.90), a shape feature outside the range of the
-  training masks, or not two lung regions;
+- ``review``: ``qc_score`` below ``review_below`` (0.90, or higher where the calibration raised it
+  to catch the bad tail: :func:`lungseg_monai.qc.calibration.review_limit`), a shape feature
+  outside the range of the training masks, or not two lung regions;
 - ``pass``: none of these.
 
 A model whose card has no ``"qc"`` calibration still segments; its results say ``unavailable``.

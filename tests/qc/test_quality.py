@@ -102,3 +102,22 @@ def test_score_model_recovers_a_linear_relation_and_clips() -> None:
     assert model.predict({"a": 10.0, "b": 0.0}) == 1.0
     with pytest.raises(ValueError, match="at least 2 validation images"):
         ScoreModel.fit(rows[:1], target[:1], ["a"])
+
+
+def test_review_limit_is_raised_from_out_of_fold_scores_to_catch_the_shrunk_tail() -> None:
+    """The regression shrinks: a bad mask (Dice 0.86) is estimated near the good ones. Out-of-fold scores set
+    the review limit so that about 4 % of the good masks go to review, and the shrunk bad mask with them."""
+    from lungseg_monai.qc.calibration import out_of_fold_scores, review_limit
+
+    rng = np.random.default_rng(0)
+    dices = np.concatenate([rng.uniform(0.95, 0.98, 50), [0.86, 0.88, 0.89]])
+    # one informative but noisy feature: the regression shrinks the bad masks' estimates towards the mean
+    rows = [{"soft_dice": d + rng.normal(0, 0.02)} for d in dices]
+    groups = [f"p{i // 2}" for i in range(len(dices))]  # two films per patient, kept in one fold
+    scores = out_of_fold_scores(rows, list(dices), groups, ["soft_dice"])
+    assert scores.shape == (53,) and np.all(scores[-3:] > 0.90)  # a fixed limit of 0.90 passes all three
+    limit = review_limit(scores, dices)
+    good_flagged = np.sum((scores < limit) & (dices >= 0.95))
+    assert 0.90 < limit and good_flagged <= 0.04 * 50
+    assert np.sum(scores[-3:] < limit) >= 2
+    assert review_limit(scores[:5], dices[:5]) == 0.90  # too few good masks to set it: the default
