@@ -2,10 +2,10 @@
 
 The pipeline, one module per step: ``io`` (reading PNG/JPEG/DICOM/MetaImage/NIfTI) ->
 ``transforms`` (MONAI transforms) -> ``data`` (datalists, splits) -> ``networks`` (VGG16/ResNet50
-U-Nets) -> ``engine`` (training handlers, checkpoints) -> ``evaluation`` (metrics, reports) ->
-``inference`` (a model on new radiographs, post-processing) -> ``outputs`` (masks, overlays,
-NIfTI, DICOM SEG, measurements) -> ``label`` (MONAI Label app; needs the ``label`` extra, so it is
-not imported here).
+U-Nets) -> ``pretrained`` (the models shipped with the package, by name) -> ``engine`` (training
+handlers, checkpoints) -> ``evaluation`` (metrics, reports) -> ``inference`` (a model on new
+radiographs, post-processing) -> ``outputs`` (masks, overlays, NIfTI, DICOM SEG, measurements) ->
+``label`` (MONAI Label app; needs the ``label`` extra, so it is not imported here).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ __all__ = [
     "io",
     "networks",
     "outputs",
+    "pretrained",
     "transforms",
 ]
 

@@ -29,6 +29,7 @@ SUBCOMMAND_MODULES = (
     "lungseg_monai.inference.cli",
     "lungseg_monai.pacs.cli",
     "lungseg_monai.label.cli",
+    "lungseg_monai.pretrained.cli",
 )
 # Optional MONAI dependencies used only by training and its logging (measured on `lungseg infer`
 # start-up: about 1100 modules, 50 MB and a third of the import time).

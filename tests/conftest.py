@@ -27,8 +27,10 @@ SAMPLE_DATA = BUNDLE_DIR / "sample_data"
 SHARED_DATA = Path(os.environ.get("LUNGSEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 SHARED_DICOM = SHARED_DATA / "dicom"
 SHARED_CXR = SHARED_DATA / "cxr_lung"
-DICOM_J2K_MONO1 = SHARED_DICOM / "RG1_J2KI.dcm"
-DICOM_JPEG_SIIM = SHARED_DICOM / "siim_1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+# The two real chest DICOM files also ship with the sample data (byte-identical copies).
+SAMPLE_DICOM = SAMPLE_DATA / "dicom"
+DICOM_J2K_MONO1 = SAMPLE_DICOM / "RG1_J2KI.dcm"
+DICOM_JPEG_SIIM = SAMPLE_DICOM / "siim_chest_pa.dcm"
 DICOM_FAKE_MONO1 = SHARED_DICOM / "Fake_MONOHR1.dcm"
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

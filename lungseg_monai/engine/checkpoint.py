@@ -27,6 +27,7 @@ from monai.transforms import Randomizable, Transform
 from lungseg_monai.engine.distributed import gather_objects
 from lungseg_monai.io.checkpoint import CheckpointError, load_checkpoint, load_network_weights, unwrap_model
 from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.pretrained import resolve_model
 
 __all__ = [
     "save_checkpoint",
@@ -69,13 +70,14 @@ class NetworkLoader:
 
     On an evaluator it loads the model to evaluate; on a trainer, the weights to start from
     (fine-tuning). Attached before :class:`TrainingCheckpoint`, a resumed run still continues from
-    its own checkpoint. ``load_path=None`` does nothing, so a config can leave it unset.
+    its own checkpoint. ``load_path=None`` does nothing, so a config can leave it unset. A shipped
+    model's name (``vgg16``) loads that model (:func:`lungseg_monai.pretrained.resolve_model`).
     """
 
     def __init__(
         self, load_path: str | os.PathLike | None, network: torch.nn.Module, map_location: str = "cpu"
     ) -> None:
-        self.load_path = None if load_path is None else Path(load_path)
+        self.load_path = None if load_path is None else resolve_model(load_path)
         self.network = network
         self.map_location = map_location
 

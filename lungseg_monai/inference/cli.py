@@ -79,7 +79,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR", help="where outputs go")
     parser.add_argument(
-        "--model", required=True, help="the bundle's models/model.pt (model.json beside it) or an exported model.ts"
+        "--model",
+        default=None,
+        help="a shipped model (vgg16, resnet50; see `lungseg models`), the bundle's models/model.pt (model.json "
+        "beside it) or an exported model.ts (default: the shipped vgg16)",
     )
     parser.add_argument(
         "--formats",

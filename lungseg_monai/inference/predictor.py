@@ -29,6 +29,7 @@ from lungseg_monai.inference.precision import Precision, fp32_stages, resolve_pr
 from lungseg_monai.inference.transforms import CleanLungMask
 from lungseg_monai.io import Radiograph
 from lungseg_monai.networks import LungUNet, backbone_of_state_dict
+from lungseg_monai.pretrained import resolve_model
 from lungseg_monai.qc.mask import mask_features, perturb, unperturb
 from lungseg_monai.qc.ood import bottleneck_features, encoder_of
 from lungseg_monai.qc.quality import QCResult, QualityControl, calibration_digest, calibration_problem
@@ -171,6 +172,8 @@ def _card_from_torchscript(path: Path) -> tuple[ModelCard | None, str, bool]:
 def read_model_card(model_path: str | os.PathLike) -> ModelCard:
     """What a model needs besides its weights (backbone, image size, intensity settings, threshold).
 
+    ``model_path`` may name a shipped model (``vgg16``).
+
     Looked for, in order: for a TorchScript file, a ``model.json`` stored in it; ``model.json``
     (the file's own name with ``.json``) beside the file, as written by training; for a TorchScript
     file, the ``train.json`` that ``ckpt_export`` stored in it; the bundle's ``configs/train.json``
@@ -179,7 +182,7 @@ def read_model_card(model_path: str | os.PathLike) -> ModelCard:
     Raises:
         CheckpointError: no source says which image size the model expects.
     """
-    model_path = Path(model_path)
+    model_path = resolve_model(model_path)
     sidecar = model_path.with_suffix(".json")
     stored, stored_source, exact = (
         _card_from_torchscript(model_path) if is_torchscript_file(model_path) else (None, "", False)
@@ -331,20 +334,21 @@ class LungSegmenter:
     @classmethod
     def from_model(
         cls,
-        model_path: str | os.PathLike,
+        model_path: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         postprocess: CleanLungMask | bool | None = True,
         channels_last: bool | None = None,
         precision: str | Precision = DEFAULT_PRECISION,
     ) -> LungSegmenter:
-        """Load ``models/model.pt`` (state dict + ``model.json``) or an exported TorchScript ``model.ts``.
+        """Load ``models/model.pt`` (state dict + ``model.json``), an exported TorchScript ``model.ts``, or a
+        shipped model by name (``vgg16``, ``resnet50``; None: the default, :mod:`lungseg_monai.pretrained`).
 
         Raises:
             CheckpointError: the file is missing, unreadable, or its model card is missing or
                 names another backbone than the weights hold.
             ValueError: CUDA was asked for but is not available.
         """
-        model_path = Path(model_path)
+        model_path = resolve_model(model_path)
         if not model_path.is_file():
             raise CheckpointError(f"model '{model_path}' does not exist; pass the bundle's models/model.pt or model.ts")
         device = torch.device(device or ("cuda:0" if torch.cuda.is_available() else "cpu"))

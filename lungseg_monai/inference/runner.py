@@ -535,7 +535,7 @@ class _Pipeline:
 def segment_files(
     inputs: Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
-    model: str | os.PathLike | LungSegmenter,
+    model: str | os.PathLike | LungSegmenter | None,
     formats: str | Sequence[str] = DEFAULT_FORMATS,
     overwrite: bool = False,
     batch_size: int | None = None,
@@ -553,7 +553,8 @@ def segment_files(
     Args:
         inputs: files, folders (recursive) or DICOM study folders.
         output_dir: where outputs go (see the module docstring for the layout).
-        model: ``models/model.pt``, an exported ``model.ts``, or a ready :class:`LungSegmenter`.
+        model: ``models/model.pt``, an exported ``model.ts``, a shipped model's name (None: the default,
+            ``vgg16``), or a ready :class:`LungSegmenter`.
         formats: any of :data:`FORMATS` (``"mask,overlay"`` or a list); ``dicomseg``, ``dicomsr``
             and ``dicomsc`` apply to DICOM inputs only.
         overwrite: rewrite outputs that exist (default: keep those the manifest says were made from

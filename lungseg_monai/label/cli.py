@@ -47,7 +47,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="folder of images (labels go to STUDIES/labels), or a PACS's DICOMweb root, e.g. "
         "http://127.0.0.1:8042/dicom-web (labels go to the PACS as DICOM SEG)",
     )
-    parser.add_argument("--model", required=True, type=Path, help="models/model.pt written by the bundle's training")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="the model to start from: a shipped model (vgg16, resnet50) or a models/model.pt written by the bundle's "
+        "training (default: the shipped vgg16; fine-tuned models go to WORKDIR, never over it)",
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST}; 0.0.0.0 for all)"
@@ -96,7 +101,7 @@ def start_server_args(args: argparse.Namespace, app_dir: Path, workdir: Path) ->
         "--studies", str(args.studies),
         "--host", args.host,
         "--port", str(args.port),
-        "--conf", "model", str(args.model.resolve()),
+        "--conf", "model", str(Path(args.model).resolve()),
         "--conf", "workdir", str(workdir),
     ]  # fmt: skip
     if args.device:
@@ -116,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
     """Check the arguments, prepare ``<workdir>/app`` and serve until interrupted."""
     from lungseg_monai.label import APP_DIR
     from lungseg_monai.label.server import DEFAULT_WORKDIR_NAME, is_dicomweb_url
+    from lungseg_monai.io.checkpoint import CheckpointError
     from lungseg_monai.pacs.dicomweb import check_url
+    from lungseg_monai.pretrained import resolve_model
 
     if is_dicomweb_url(args.studies):
         try:
@@ -139,6 +146,11 @@ def run(args: argparse.Namespace) -> int:
                 "--train-on-automatic has no effect on a folder: its labels are all training labels "
                 "(it applies to the DICOM SEGs of a PACS)"
             )
+    try:
+        args.model = resolve_model(args.model).resolve()
+    except CheckpointError as e:
+        logger.error("--model: %s", e)
+        return EXIT_BAD_ARGS
     if not args.model.is_file():
         logger.error("model '%s' does not exist; pass the models/model.pt written by the bundle's training", args.model)
         return EXIT_BAD_ARGS

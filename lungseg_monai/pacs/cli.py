@@ -35,7 +35,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         ),
     )
     parser.add_argument("--config", default=None, metavar="FILE", help="JSON file with the node's settings")
-    parser.add_argument("--model", default=None, help="the bundle's models/model.pt or an exported model.ts")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a shipped model (vgg16, resnet50), the bundle's models/model.pt or an exported model.ts (default: vgg16)",
+    )
     parser.add_argument("--spool", default=None, metavar="DIR", help="the node's spool folder (local disk)")
     parser.add_argument("--aet", default=None, help=f"the node's AE title (default: {DEFAULT_AET})")
     parser.add_argument("--port", type=int, default=None, help=f"port to listen on (default: {DEFAULT_PORT})")

@@ -92,7 +92,8 @@ class NodeConfig:
     """Settings of a :class:`~lungseg_monai.pacs.node.DicomNode`.
 
     Attributes:
-        model: the bundle's ``models/model.pt`` (model card beside it) or an exported ``model.ts``.
+        model: a shipped model's name (``vgg16``, ``resnet50``), the bundle's ``models/model.pt`` (model card
+            beside it) or an exported ``model.ts``; None: the shipped default (``vgg16``).
         spool: the node's folder: received instances, results and the outbox (see
             :mod:`lungseg_monai.pacs.spool`); must be on a local disk.
         aet: the node's AE title; associations calling another title are rejected.
@@ -118,8 +119,8 @@ class NodeConfig:
             whose QC verdict is ``unavailable``; without it such a model is refused at start.
     """
 
-    model: str
     spool: str
+    model: str | None = None
     aet: str = DEFAULT_AET
     port: int = DEFAULT_PORT
     bind: str = DEFAULT_BIND
@@ -186,7 +187,6 @@ def load_config(path: str | os.PathLike | None, overrides: Mapping[str, Any]) ->
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown node setting(s) {unknown}; known: {', '.join(sorted(names))}")
-    missing = [k for k in ("model", "spool") if not values.get(k)]
-    if missing:
-        raise ValueError(f"the node needs {' and '.join(missing)} (--{' and --'.join(missing)} or the config file)")
+    if not values.get("spool"):
+        raise ValueError("the node needs a spool (--spool or the config file)")
     return NodeConfig(**values)

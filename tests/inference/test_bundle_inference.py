@@ -56,3 +56,18 @@ def test_bundle_inference_on_png_and_dicom_folder_matches_lungseg_infer(
         from_cli = np.asarray(Image.open(tmp_path / "cli" / "masks" / name))
         assert 0 < (from_cli == 255).mean() < 1, name
         np.testing.assert_array_equal(from_bundle, from_cli, err_msg=name)
+
+
+def test_bundle_inference_without_a_trained_model_uses_the_shipped_one(tmp_path: Path) -> None:
+    """A fresh install: the bundle's inference.json runs before any training, on the shipped vgg16."""
+    proc = run_bundle(
+        "run",
+        "--config_file", config_list(TRAIN_CONFIG, INFERENCE_CONFIG),
+        "--bundle_root", str(tmp_path / "bundle"),
+        "--dataset_dir", str(SAMPLE_DATA / "dicom"),
+    )  # fmt: skip
+    assert "using the shipped vgg16 model" in proc.stdout + proc.stderr
+    masks = sorted((tmp_path / "bundle" / "predictions" / "masks").iterdir())
+    assert len(masks) == 2
+    for mask in masks:
+        assert 0.15 < (np.asarray(Image.open(mask)) == 255).mean() < 0.5, mask.name

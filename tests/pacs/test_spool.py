@@ -101,8 +101,9 @@ def test_config_file_with_command_line_overrides_and_unknown_keys_refused(tmp_pa
     config.write_text(json.dumps({"model": "m.pt", "spool": "s", "colour": "red"}))
     with pytest.raises(ValueError, match=r"unknown node setting\(s\) \['colour'\]"):
         load_config(config, {})
-    with pytest.raises(ValueError, match="needs model"):
-        load_config(None, {"spool": "s"})
+    with pytest.raises(ValueError, match="needs a spool"):
+        load_config(None, {"model": "m.pt"})
+    assert load_config(None, {"spool": "s"}).model is None  # the shipped default model
 
 
 def test_files_still_being_written_are_neither_processed_nor_sent(tmp_path: Path) -> None:
