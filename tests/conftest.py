@@ -31,7 +31,7 @@ SHARED_CXR = SHARED_DATA / "cxr_lung"
 SAMPLE_DICOM = SAMPLE_DATA / "dicom"
 DICOM_J2K_MONO1 = SAMPLE_DICOM / "RG1_J2KI.dcm"
 DICOM_JPEG_SIIM = SAMPLE_DICOM / "siim_chest_pa.dcm"
-DICOM_FAKE_MONO1 = SHARED_DICOM / "Fake_MONOHR1.dcm"
+DICOM_FAKE_MONO1 = REPO_ROOT / "tests" / "data" / "Fake_MONOHR1.dcm"  # see tests/data/README.md
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 

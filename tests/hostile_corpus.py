@@ -145,7 +145,7 @@ def retag_transfer_syntax(src: Path, dst: Path, uid: str) -> Path:
 
 
 def write_dicom_variants(folder: Path, index: int = 0) -> dict[str, Path]:
-    """DICOMs built from a sample radiograph and the SIIM header (needs ../shared/data)."""
+    """DICOMs built from a sample radiograph and the SIIM header (sample_data/dicom)."""
     folder.mkdir(parents=True, exist_ok=True)
     pixels = sample_pixels(index)
     files = {

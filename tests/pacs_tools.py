@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, DICOM_JPEG_SIIM, require_shared
+from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, DICOM_JPEG_SIIM
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 NODE_AET = "LUNGSEG"
@@ -20,7 +20,6 @@ PACS_AET = "ORTHANC"
 
 def real_chest_files() -> list[Path]:
     """The three real chest DICOMs (JPEG baseline SC, JPEG 2000 CR MONOCHROME1, JPEG baseline SC)."""
-    require_shared()
     return [DICOM_JPEG_SIIM, DICOM_J2K_MONO1, DICOM_FAKE_MONO1]
 
 

@@ -19,7 +19,7 @@ from lungseg_monai.data import (
     validate_datalist,
 )
 
-from conftest import SAMPLE_DATA, TRAIN_CONFIG, require_shared
+from conftest import SAMPLE_DATA, TRAIN_CONFIG
 from hostile_corpus import PHI_STRINGS, build_hostile_dataset
 
 # The reason each unusable pair of the hostile dataset must be reported with.
@@ -39,7 +39,6 @@ EXPECTED_REASONS = {
 
 @pytest.fixture(scope="module")
 def hostile_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bool]]:
-    require_shared()
     root = tmp_path_factory.mktemp("hostile_dataset")
     pairs = build_hostile_dataset(root, with_dicom=True)
     return root, {p.name: p.usable for p in pairs}

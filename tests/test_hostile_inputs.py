@@ -27,7 +27,7 @@ from lungseg_monai.inference import LungSegmenter
 from lungseg_monai.io import RadiographReadError, read_radiograph
 from lungseg_monai.transforms import radiograph_to_metatensor
 
-from conftest import EVALUATE_CONFIG, TRAIN_CONFIG, require_shared
+from conftest import EVALUATE_CONFIG, TRAIN_CONFIG
 from hostile_corpus import PHI_STRINGS, build_hostile_dataset
 from test_data_validation import EXPECTED_REASONS
 
@@ -93,7 +93,6 @@ def run_bundle_here(bundle_root: Path, dataset: Path, workflow: str, log: _Recor
 @pytest.fixture(scope="module")
 def hostile_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """Two trainings with the same seed and an evaluation of each, on the hostile dataset."""
-    require_shared()
     base = tmp_path_factory.mktemp("hostile_runs")
     dataset = base / "dataset"
     pairs = build_hostile_dataset(dataset, with_dicom=True)

@@ -18,7 +18,6 @@ from conftest import (
     SAMPLE_DATA,
     TRAIN_CONFIG,
     config_list,
-    require_shared,
     run_bundle,
 )
 from PIL import Image
@@ -29,7 +28,6 @@ from lungseg_monai.inference import segment_files
 def test_bundle_inference_on_png_and_dicom_folder_matches_lungseg_infer(
     segmenting_bundle: Path, tmp_path: Path
 ) -> None:
-    require_shared()
     folder = tmp_path / "incoming"
     folder.mkdir()
     for name in ("1052b0fe", "41182_2020_203_Fig3_HTML"):

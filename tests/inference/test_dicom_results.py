@@ -1,6 +1,6 @@
 """The DICOM results of ``lungseg infer`` (SEG, SR, SC) from old archive files, and their UIDs under other settings.
 
-Real radiographs from ../shared/data/dicom; the stub segmenter (a one-weight network) makes the masks.
+Real radiographs (sample_data/dicom, tests/data); the stub segmenter (a one-weight network) makes the masks.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import DICOM_FAKE_MONO1, DICOM_JPEG_SIIM, require_shared
+from conftest import DICOM_FAKE_MONO1, DICOM_JPEG_SIIM
 from pydicom.filewriter import dcmwrite
 from stub_segmenter import stub_segmenter
 
@@ -41,7 +41,6 @@ def _acr_nema_copy(source: Path, target: Path) -> Path:
 
 
 def test_an_acr_nema_file_without_preamble_or_file_meta_gets_every_dicom_result(tmp_path: Path) -> None:
-    require_shared()
     old = _acr_nema_copy(DICOM_FAKE_MONO1, tmp_path / "old_archive.dcm")
     assert old.read_bytes()[128:132] != b"DICM"
     with pytest.raises(pydicom.errors.InvalidDicomError):
@@ -76,7 +75,6 @@ def _constant_calibration(segmenter: LungSegmenter) -> dict:
 
 def test_other_threshold_postprocessing_precision_or_calibration_gives_other_uids(tmp_path: Path) -> None:
     """Different content never reuses a UID: only the same model with the same settings gives the same SEG UIDs."""
-    require_shared()
     inputs = tmp_path / "in"
     inputs.mkdir()
     shutil.copy(DICOM_JPEG_SIIM, inputs / DICOM_JPEG_SIIM.name)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA, require_shared
+from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
@@ -23,7 +23,6 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 @pytest.fixture()
 def study_folder(tmp_path: Path) -> Path:
     """Real J2K CR + a synthetic SR and a lateral copy of it in the same study, in nested folders."""
-    require_shared()
     study = tmp_path / "study"
     (study / "series1").mkdir(parents=True)
     (study / "reports").mkdir()
@@ -51,7 +50,6 @@ def test_study_folder_yields_image_and_notes_for_report_and_lateral(study_folder
 
 
 def test_shared_sop_instance_uid_gets_unique_names_in_order() -> None:
-    require_shared()
     found = discover_inputs([DICOM_JPEG_SIIM, DICOM_FAKE_MONO1, DICOM_J2K_MONO1])
     uid = str(pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True).SOPInstanceUID)
     names = {i.path.name: i.name for i in found.inputs}
@@ -148,7 +146,6 @@ def test_header_check_can_be_turned_off_but_not_for_objects_without_images_synth
 @pytest.fixture()
 def non_chest_folder(tmp_path: Path) -> Path:
     """Real chest pixels (SIIM CR) under headers that say dental panoramic, hand and skull."""
-    require_shared()
     write_non_chest_copies(DICOM_JPEG_SIIM, tmp_path / "non_chest")
     return tmp_path / "non_chest"
 

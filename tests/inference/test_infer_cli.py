@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA, require_shared
+from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA
 from PIL import Image
 from dicom_factory import write_non_chest_copies, write_text_sr
 
@@ -36,7 +36,6 @@ def _uid(path: Path, keyword: str = "SOPInstanceUID") -> str:
 @pytest.fixture(scope="module")
 def study_run(segmenting_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """One run over a study folder (real J2K CR + a Basic Text SR), the real SIIM file and a PNG, all formats."""
-    require_shared()
     tmp = tmp_path_factory.mktemp("study_run")
     study = tmp / "study"
     (study / "cr").mkdir(parents=True)
@@ -240,7 +239,6 @@ def test_a_run_where_every_input_is_rejected_says_so(segmenting_bundle: Path, tm
 def test_dicoms_whose_header_names_panoramic_hand_or_skull_are_skipped_unless_no_header_check(
     segmenting_bundle: Path, tmp_path: Path
 ) -> None:
-    require_shared()
     files = write_non_chest_copies(DICOM_JPEG_SIIM, tmp_path / "in")
     model = segmenting_bundle / "models" / "model.pt"
     code, records = _infer(model, [tmp_path / "in"], tmp_path / "checked")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import DICOM_JPEG_SIIM, SAMPLE_DATA, require_shared
+from conftest import DICOM_JPEG_SIIM, SAMPLE_DATA
 
 from lungseg_monai.cli import main
 from lungseg_monai.qc.mask import SHAPE_FEATURES
@@ -70,7 +70,6 @@ def test_calibration_is_written_at_the_end_of_training(trained_bundle: Path) -> 
 def test_rejected_masks_get_reasons_no_seg_and_fail_on_reject(
     segmenting_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    require_shared()
     model = _bundle_with(segmenting_bundle, tmp_path / "bundle", {"ood_threshold": 0.0})
     caplog.set_level("INFO", logger="lungseg_monai")
     assert _infer(model, tmp_path / "out") == 0  # verdicts alone do not fail a run
@@ -89,7 +88,6 @@ def test_rejected_masks_get_reasons_no_seg_and_fail_on_reject(
 
 
 def test_review_is_said_in_the_seg_and_fails_only_with_fail_on_review(segmenting_bundle: Path, tmp_path: Path) -> None:
-    require_shared()
     model = _bundle_with(segmenting_bundle, tmp_path / "bundle", _constant_score(0.85))
     assert _infer(model, tmp_path / "out", "--fail-on", "reject") == 0
     siim = str(pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True).SOPInstanceUID)
@@ -193,7 +191,6 @@ def test_a_recalibration_redoes_the_outputs_and_their_verdicts(segmenting_bundle
 def test_a_withheld_seg_is_removed_never_kept_or_sent(segmenting_bundle: Path, tmp_path: Path) -> None:
     """An earlier run's SEG (another model's, or a --write-rejected-seg run's) is removed when today's verdict
     withholds it, the SR references none, and --stow-to sends none."""
-    require_shared()
     from lungseg_monai.inference.cli import _results_to_store
     from lungseg_monai.inference.runner import segment_files
 
@@ -232,7 +229,6 @@ def test_reruns_keep_a_withheld_seg_withheld_and_send_only_what_this_run_vouches
 ) -> None:
     """A rejected film is not redone on a rerun (its SEG is decided: none); a SEG of an earlier pass is removed
     even when this run writes no SEG; --stow-to sends only this run's formats made with this run's settings."""
-    require_shared()
     from lungseg_monai.inference.cli import _results_to_store
     from lungseg_monai.inference.runner import segment_files
 

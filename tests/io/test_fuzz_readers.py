@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from lungseg_monai.io import RadiographReadError, read_mask, read_radiograph
 
-from conftest import DICOM_JPEG_SIIM, require_shared
+from conftest import DICOM_JPEG_SIIM
 from hostile_corpus import sample_image, write_dicom
 
 FUZZ = settings(
@@ -91,7 +91,6 @@ def test_mutated_real_png_raises_only_documented_errors(
 @pytest.fixture(scope="module")
 def real_dicoms(fuzz_dir: Path) -> list[bytes]:
     """The real JPEG-compressed SIIM file and an uncompressed DICOM made from a sample radiograph."""
-    require_shared()
     pixels = np.asarray(read_radiograph(sample_image(0)).pixels, dtype=np.uint8)[:128, :128]
     uncompressed = write_dicom(fuzz_dir / "uncompressed_source.dcm", pixels)
     return [DICOM_JPEG_SIIM.read_bytes(), uncompressed.read_bytes()]

@@ -24,7 +24,7 @@ from lungseg_monai.io import (
 )
 from lungseg_monai.io import dicom as dicom_module
 
-from conftest import DICOM_J2K_MONO1, require_shared
+from conftest import DICOM_J2K_MONO1
 from hostile_corpus import (
     BOMB_SIDE,
     PHI_STRINGS,
@@ -45,7 +45,6 @@ def png_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def dicom_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    require_shared()
     return write_dicom_variants(tmp_path_factory.mktemp("dicom"))
 
 
@@ -233,7 +232,6 @@ def test_unusable_dicom_is_refused_naming_file_and_reason(
 
 def test_missing_decoder_names_the_plugin_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     """A JPEG 2000 radiograph on a machine without pylibjpeg-openjpeg (simulated)."""
-    require_shared()
     monkeypatch.setattr(dicom_module, "_decoder_available", lambda ts: False)
     error = refusal(DICOM_J2K_MONO1, UnsupportedTransferSyntaxError)
     assert error.reason == (

@@ -36,7 +36,7 @@ pytest.importorskip("monailabel", reason="needs the 'label' extra (pip install '
 
 from browser import headless_chromium, require_browser, screenshot  # noqa: E402
 from browser import console as browser_console  # noqa: E402
-from conftest import DICOM_J2K_MONO1, require_shared  # noqa: E402
+from conftest import DICOM_J2K_MONO1  # noqa: E402
 from label_server import LabelServer, expected_mask, running_label_server  # noqa: E402
 from orthanc import Orthanc, require_orthanc, running_orthanc  # noqa: E402
 from pacs_tools import chest_instances  # noqa: E402
@@ -59,7 +59,6 @@ class Session:
 
 @pytest.fixture(scope="module")
 def session(segmenting_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
-    require_shared()  # the real JPEG 2000 CR and the chest films
     require_orthanc()
     require_browser()
     folder = tmp_path_factory.mktemp("browser")

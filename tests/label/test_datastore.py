@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("monailabel", reason="needs the 'label' extra (pip install 'lungseg_monai[label]')")
 
-from conftest import DICOM_JPEG_SIIM, SAMPLE_DATA, require_shared  # noqa: E402
+from conftest import DICOM_JPEG_SIIM, SAMPLE_DATA  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lungseg_monai.label.datastore import RadiographDatastore  # noqa: E402
@@ -26,7 +26,6 @@ def studies(tmp_path: Path) -> Path:
 
 
 def test_datastore_lists_dicom_and_upper_case_suffixes_real_files(studies: Path) -> None:
-    require_shared()
     shutil.copyfile(DICOM_JPEG_SIIM, studies / "siim.dcm")
     shutil.copyfile(DICOM_JPEG_SIIM, studies / "SIIM2.DCM")
     datastore = RadiographDatastore(str(studies), auto_reload=False)
@@ -37,7 +36,6 @@ def test_datastore_lists_dicom_and_upper_case_suffixes_real_files(studies: Path)
 def test_datastore_lists_dicom_files_without_a_suffix_under_their_whole_name_real_files(
     studies: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    require_shared()
     uid_name = "1.2.840.113619.2.55.3"  # MONAI Label alone would call this image "1"
     shutil.copyfile(DICOM_JPEG_SIIM, studies / uid_name)
     shutil.copyfile(DICOM_JPEG_SIIM, studies / "IM0001")

@@ -13,7 +13,6 @@ import pytest
 
 pytest.importorskip("monailabel", reason="needs the 'label' extra (pip install 'lungseg_monai[label]')")
 
-from conftest import require_shared  # noqa: E402
 from label_server import png_bytes  # noqa: E402
 from orthanc import Orthanc, require_orthanc, running_orthanc  # noqa: E402
 from pacs_tools import chest_instances  # noqa: E402
@@ -27,7 +26,6 @@ SIDE = 128
 
 @pytest.fixture
 def pacs(tmp_path: Path) -> Iterator[tuple[Orthanc, str, Path]]:
-    require_shared()  # the real chest films
     require_orthanc()
     (film,) = chest_instances(tmp_path / "chest", 1, longest_side=SIDE)
     with running_orthanc(tmp_path / "orthanc") as orthanc:

@@ -20,7 +20,6 @@ import pytest
 
 pytest.importorskip("monailabel", reason="needs the 'label' extra (pip install 'lungseg_monai[label]')")
 
-from conftest import require_shared  # noqa: E402
 from label_server import png_bytes, running_label_server  # noqa: E402
 from orthanc import Orthanc, require_orthanc, running_orthanc  # noqa: E402
 from pacs_tools import chest_instances, stow_model_seg  # noqa: E402
@@ -47,7 +46,6 @@ class Pacs:
 
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
-    require_shared()  # the real chest films
     require_orthanc()
     folder = tmp_path_factory.mktemp("provenance")
     films = chest_instances(folder / "chest", FILMS, longest_side=SIDE)

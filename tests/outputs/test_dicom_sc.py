@@ -1,4 +1,4 @@
-"""Secondary Capture of the lung overlay over the real radiographs in ../shared/data/dicom (synthetic masks)."""
+"""Secondary Capture of the lung overlay over real radiographs (sample_data/dicom, tests/data; synthetic masks)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, require_shared
+from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM
 from dicom_factory import synthetic_lung_mask
 from stub_segmenter import stub_segmenter
 
@@ -33,7 +33,6 @@ IDENTITY = "LungUNet-resnet34-0123456789ab"
 def test_overlay_sc_has_the_source_grid_study_and_reference(
     tmp_path: Path, source_path: Path, orientation: list[str] | str, spacing: list[float] | None
 ) -> None:
-    require_shared()
     source = pydicom.dcmread(source_path, stop_before_pixels=True)
     radiograph = read_radiograph(source_path)
     mask = synthetic_lung_mask(source)
@@ -71,7 +70,6 @@ def test_overlay_sc_has_the_source_grid_study_and_reference(
 
 
 def test_patient_names_are_not_warned_about_synthetic() -> None:
-    require_shared()
     source = pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True)
     source.PatientName, source.ReferringPhysicianName, source.PatientSex = "Doezzy", "Smithzzy", "U"
     uids = ResultUIDs.for_source(source, IDENTITY)
@@ -84,7 +82,6 @@ def test_patient_names_are_not_warned_about_synthetic() -> None:
 @pytest.mark.parametrize(("source_value", "expected"), [("YES", "YES"), ("NO", "NO"), (None, "YES"), ("", "YES")])
 def test_burned_in_annotation_is_the_sources_and_yes_when_unknown(source_value: str | None, expected: str) -> None:
     """The SC's pixels are the source film's: text burned into it (a patient's name) is burned into the SC too."""
-    require_shared()
     source = pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True)
     if source_value is None:
         if "BurnedInAnnotation" in source:
@@ -97,7 +94,6 @@ def test_burned_in_annotation_is_the_sources_and_yes_when_unknown(source_value: 
 
 
 def test_overlay_of_another_size_or_type_is_refused() -> None:
-    require_shared()
     source = pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True)
     uids = ResultUIDs.for_source(source, IDENTITY)
     with pytest.raises(ValueError) as info:
@@ -111,7 +107,6 @@ def test_overlay_of_another_size_or_type_is_refused() -> None:
 
 
 def test_infer_writes_the_overlay_png_and_its_secondary_capture_alike(tmp_path: Path) -> None:
-    require_shared()
     shutil.copy(DICOM_JPEG_SIIM, tmp_path / "chest.dcm")
     segmenter = stub_segmenter()
     summary = segment_files([tmp_path / "chest.dcm"], tmp_path / "out", segmenter, "overlay,dicomsc", progress=False)

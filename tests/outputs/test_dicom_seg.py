@@ -1,4 +1,4 @@
-"""DICOM SEG of a lung mask over the real radiographs in ../shared/data/dicom, read back with highdicom."""
+"""DICOM SEG of a lung mask over the real radiographs of sample_data/dicom and tests/data, read back with highdicom."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, require_shared
+from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM
 from dicom_factory import synthetic_lung_mask
 from pydicom.uid import generate_uid
 from stub_segmenter import stub_segmenter
@@ -31,7 +31,6 @@ SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 @pytest.mark.parametrize("source_path", [DICOM_J2K_MONO1, DICOM_JPEG_SIIM], ids=["j2k_cr", "jpeg_sc"])
 def test_seg_references_source_and_reads_back(tmp_path: Path, source_path: Path) -> None:
-    require_shared()
     source = pydicom.dcmread(source_path, stop_before_pixels=True)
     mask = synthetic_lung_mask(source)
     series_uid = generate_uid()
@@ -83,7 +82,6 @@ def _write_and_read_back(seg: hd.seg.Segmentation, path: Path) -> hd.seg.Segment
 
 def test_frame_of_reference_without_an_image_plane_is_not_passed_on(tmp_path: Path) -> None:
     """A source FoR UID without IPP/IOP would oblige the SEG to state a plane the source never had."""
-    require_shared()
     source = pydicom.dcmread(DICOM_J2K_MONO1, stop_before_pixels=True)
     source.FrameOfReferenceUID = generate_uid()
     assert "ImagePositionPatient" not in source and "ImageOrientationPatient" not in source
@@ -98,7 +96,6 @@ def test_frame_of_reference_without_an_image_plane_is_not_passed_on(tmp_path: Pa
 
 
 def test_frame_of_reference_with_an_image_plane_comes_with_plane_position_and_orientation(tmp_path: Path) -> None:
-    require_shared()
     source = pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True)
     source.FrameOfReferenceUID = for_uid = generate_uid()
     source.ImagePositionPatient = [-172.0, 0.0, 190.0]
@@ -117,7 +114,6 @@ def test_frame_of_reference_with_an_image_plane_comes_with_plane_position_and_or
 
 def test_seg_algorithm_version_is_the_model_identity(tmp_path: Path) -> None:
     """Two models with different weights write SEGs that say which model made them."""
-    require_shared()
     shutil.copy(DICOM_JPEG_SIIM, tmp_path / "chest.dcm")
     versions = {}
     for weight in (1.0, 2.0):
@@ -136,7 +132,6 @@ def test_seg_algorithm_version_is_the_model_identity(tmp_path: Path) -> None:
 
 
 def test_source_without_type2_patient_attributes_is_completed_synthetic() -> None:
-    require_shared()
     source = pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True)
     for keyword in ("PatientBirthDate", "AccessionNumber", "ReferringPhysicianName", "StudyID"):
         if keyword in source:
@@ -147,7 +142,6 @@ def test_source_without_type2_patient_attributes_is_completed_synthetic() -> Non
 
 
 def test_mask_of_another_size_is_refused_with_both_sizes() -> None:
-    require_shared()
     source = pydicom.dcmread(DICOM_JPEG_SIIM, stop_before_pixels=True)
     with pytest.raises(ValueError) as info:
         make_lung_seg(np.zeros((10, 20), np.uint8), source, generate_uid(), "9.9.9")
@@ -157,7 +151,6 @@ def test_mask_of_another_size_is_refused_with_both_sizes() -> None:
 
 
 def test_manual_seg_of_a_persons_label_reads_back_through_lungseg_and_highdicom(tmp_path: Path) -> None:
-    require_shared()
     source = pydicom.dcmread(DICOM_J2K_MONO1, stop_before_pixels=True)
     mask = synthetic_lung_mask(source)
     seg = _write_and_read_back(
@@ -175,7 +168,6 @@ def test_manual_seg_of_a_persons_label_reads_back_through_lungseg_and_highdicom(
 
 
 def test_algorithm_type_is_checked_and_defaults_to_automatic() -> None:
-    require_shared()
     source = pydicom.dcmread(DICOM_J2K_MONO1, stop_before_pixels=True)
     mask = synthetic_lung_mask(source)
     automatic = make_lung_seg(mask, source, generate_uid(), "9.9.9")

@@ -1,4 +1,4 @@
-"""TID 1500 lung measurement SR over the real radiographs in ../shared/data/dicom, read back with pydicom and highdicom.
+"""TID 1500 lung measurement SR over real radiographs (sample_data/dicom), read back with pydicom and highdicom.
 
 The masks are synthetic (two off-centre rectangles); the areas come from measure_radiograph on the
 real files: the J2K CR states no usable spacing (areas in pixels), the JPEG secondary capture
@@ -16,7 +16,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA, require_shared
+from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, SAMPLE_DATA
 from dicom_factory import synthetic_lung_mask
 from stub_segmenter import stub_segmenter
 
@@ -79,7 +79,6 @@ def _private(group: pydicom.Dataset, code_value: str) -> pydicom.Dataset:
     ("source_path", "unit"), [(DICOM_J2K_MONO1, "{pixels}"), (DICOM_JPEG_SIIM, "cm2")], ids=["j2k_cr_px", "jpeg_sc_cm2"]
 )
 def test_sr_with_seg_holds_the_areas_verdict_and_references(tmp_path: Path, source_path: Path, unit: str) -> None:
-    require_shared()
     source, mask, row, uids = _case(source_path)
     seg = make_lung_seg(mask, source, uids.seg_series_uid, IDENTITY, sop_instance_uid=uids.seg_sop_uid)
     target = tmp_path / "sr.dcm"
@@ -137,7 +136,6 @@ def test_sr_with_seg_holds_the_areas_verdict_and_references(tmp_path: Path, sour
 
 def test_sr_without_seg_references_the_image_and_carries_a_reject(tmp_path: Path) -> None:
     """A rejected mask gets no SEG, but its SR still says the verdict, over the radiograph itself."""
-    require_shared()
     source, _, row, uids = _case(DICOM_JPEG_SIIM)
     reject = QCResult("reject", None, ("no lung found",))
     path = save_lung_sr(source, tmp_path / "sr.dcm", None, row, reject, IDENTITY, uids.sr_series_uid, uids.sr_sop_uid)
@@ -155,7 +153,6 @@ def test_sr_without_seg_references_the_image_and_carries_a_reject(tmp_path: Path
 
 def test_a_csv_row_read_back_gives_the_same_areas_synthetic() -> None:
     """Measurements read back from measurements.csv are strings; empty cm² columns mean pixels."""
-    require_shared()
     source, _, row, uids = _case(DICOM_J2K_MONO1)
     as_csv = {key: str(value) for key, value in row.items()}
     sr = make_lung_sr(source, None, as_csv, REVIEW, IDENTITY, uids.sr_series_uid, uids.sr_sop_uid)
@@ -163,7 +160,6 @@ def test_a_csv_row_read_back_gives_the_same_areas_synthetic() -> None:
 
 
 def test_patient_data_is_neither_warned_nor_logged_synthetic(caplog: pytest.LogCaptureFixture) -> None:
-    require_shared()
     source, _, row, uids = _case(DICOM_J2K_MONO1)
     source.PatientName, source.PatientSex, source.ReferringPhysicianName = "Doezzy", "U", "Smithzzy"
     caplog.set_level(logging.DEBUG)
@@ -175,7 +171,6 @@ def test_patient_data_is_neither_warned_nor_logged_synthetic(caplog: pytest.LogC
 
 
 def test_tracking_and_observer_uids_are_deterministic_per_identity_synthetic() -> None:
-    require_shared()
     source, _, row, uids = _case(DICOM_J2K_MONO1)
 
     def uid_items(identity: str) -> list[str]:
@@ -193,7 +188,6 @@ def test_tracking_and_observer_uids_are_deterministic_per_identity_synthetic() -
 
 
 def test_missing_areas_unknown_status_and_a_foreign_seg_are_refused() -> None:
-    require_shared()
     source, mask, row, uids = _case(DICOM_JPEG_SIIM)
     args = (IDENTITY, uids.sr_series_uid, uids.sr_sop_uid)
     incomplete = {k: v for k, v in row.items() if k not in ("left_lung_area_px", "left_lung_area_cm2")}
@@ -220,7 +214,6 @@ def _copy_inputs(folder: Path) -> Path:
 
 
 def test_infer_writes_an_sr_per_dicom_input_referencing_its_seg(tmp_path: Path) -> None:
-    require_shared()
     segmenter = stub_segmenter()
     formats = "dicomseg,dicomsr,measurements"
     summary = segment_files([_copy_inputs(tmp_path / "in")], tmp_path / "out", segmenter, formats, progress=False)
@@ -249,7 +242,6 @@ def test_infer_writes_an_sr_per_dicom_input_referencing_its_seg(tmp_path: Path) 
 
 
 def test_infer_gives_a_rejected_mask_an_sr_without_seg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    require_shared()
     segmenter = stub_segmenter()
     monkeypatch.setattr(segmenter, "assess", lambda _: QCResult("reject", 0.42, ("no lung found",)))
     shutil.copy(DICOM_JPEG_SIIM, tmp_path / "chest.dcm")

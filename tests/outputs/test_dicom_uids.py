@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, require_shared
+from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from stub_segmenter import stub_segmenter
@@ -72,7 +72,6 @@ def test_result_uids_need_the_source_uids_and_an_identity() -> None:
 
 def test_infer_gives_the_same_seg_uids_on_rerun_and_for_the_node(tmp_path: Path) -> None:
     """Two runs into two folders (a rerun, or the DICOM node) write SEGs with the same UIDs."""
-    require_shared()
     inputs = tmp_path / "in"
     inputs.mkdir()
     for source in (DICOM_J2K_MONO1, DICOM_JPEG_SIIM):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DICOM_JPEG_SIIM, require_shared
+from conftest import DICOM_JPEG_SIIM
 from dicom_factory import copy_with
 
 from lungseg_monai.io import read_radiograph
@@ -80,7 +80,6 @@ def _two_lungs(rows: int, columns: int) -> np.ndarray:
 
 def _measure_copy(tmp_path: Path, remove: tuple[str, ...] = (), **attributes: object) -> dict:
     """Measure the two-lung mask over a copy of the real SIIM radiograph with the header changed."""
-    require_shared()
     path = copy_with(DICOM_JPEG_SIIM, tmp_path / f"{len(list(tmp_path.iterdir()))}.dcm", remove, **attributes)
     radiograph = read_radiograph(path)
     return measure_radiograph(_two_lungs(*radiograph.shape), radiograph, "x")

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM, require_shared
+from conftest import DICOM_J2K_MONO1, DICOM_JPEG_SIIM
 from orthanc import Orthanc, free_port, running_orthanc
 from pydicom.data import get_testdata_file
 from pydicom.sr.codedict import codes
@@ -48,7 +48,6 @@ def _no_retry_wait(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory: pytest.TempPathFactory) -> Orthanc:
     """One Orthanc holding the two real chest CRs, CT_small and MR_small (each its own study)."""
-    require_shared()
     with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
         for path in (DICOM_J2K_MONO1, DICOM_JPEG_SIIM, CT_SMALL, MR_SMALL):
             server.upload(path)
@@ -171,7 +170,6 @@ def chest_study(tmp_path: Path) -> tuple[Orthanc, str, list[Path]]:
 
     Returns (server, StudyInstanceUID, the chest files).
     """
-    require_shared()
     study = _header(DICOM_JPEG_SIIM).StudyInstanceUID
     chest = [DICOM_JPEG_SIIM, _copy_into(DICOM_J2K_MONO1, tmp_path / "j2k.dcm", study)]
     with running_orthanc(tmp_path / "orthanc") as server:
@@ -243,7 +241,6 @@ def test_infer_from_dicomweb_stores_one_seg_per_chest_instance(
 def test_stow_failure_exits_with_its_own_code(
     segmenting_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    require_shared()
     url = f"http://127.0.0.1:{free_port()}/dicom-web"
     args = [
         "infer", str(DICOM_JPEG_SIIM), "--stow-to", url, "--formats", "dicomseg", "-o", str(tmp_path / "out"),
