@@ -354,6 +354,13 @@ def run(args: argparse.Namespace) -> int:
     from lungseg_monai.inference.runner import parse_formats, segment_files
     from lungseg_monai.qc.quality import QC_UNAVAILABLE
 
+    if args.dicomweb or args.stow_to:
+        from lungseg_monai.extras import EXIT_MISSING_EXTRA, missing_extra
+
+        problem = missing_extra("pacs", "dicomweb_client")
+        if problem:
+            logger.error("--dicomweb / --stow-to: %s", problem)
+            return EXIT_MISSING_EXTRA
     try:
         formats = parse_formats(args.formats)
         postprocess = _postprocess(args)

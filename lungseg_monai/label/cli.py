@@ -119,6 +119,12 @@ def start_server_args(args: argparse.Namespace, app_dir: Path, workdir: Path) ->
 
 def run(args: argparse.Namespace) -> int:
     """Check the arguments, prepare ``<workdir>/app`` and serve until interrupted."""
+    from lungseg_monai.extras import EXIT_MISSING_EXTRA, missing_extra
+
+    problem = missing_extra("label")
+    if problem:
+        logger.error("lungseg label: %s", problem)
+        return EXIT_MISSING_EXTRA
     from lungseg_monai.label import APP_DIR
     from lungseg_monai.label.server import DEFAULT_WORKDIR_NAME, is_dicomweb_url
     from lungseg_monai.io.checkpoint import CheckpointError

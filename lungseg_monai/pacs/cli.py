@@ -166,6 +166,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         logger.error("%s", e)
         return EXIT_FAILED
+    from lungseg_monai.extras import EXIT_MISSING_EXTRA, missing_extra
+
+    problem = missing_extra("pacs")
+    if problem:
+        logger.error("lungseg node: %s", problem)
+        return EXIT_MISSING_EXTRA
     from lungseg_monai.io.checkpoint import CheckpointError
     from lungseg_monai.pacs.node import DicomNode
     from lungseg_monai.pacs.spool import SpoolInUseError

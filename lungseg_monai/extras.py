@@ -1,0 +1,46 @@
+"""Which optional extra a command needs, and the message and exit code when it is not installed.
+
+``pip install lungseg_monai`` reads and segments files; the DICOM node and DICOMweb need the
+``pacs`` extra, ``lungseg label`` the ``label`` extra (MONAI Label and its pins). A command whose
+extra is missing says which one to install and exits with :data:`EXIT_MISSING_EXTRA`, instead of
+failing later with an ImportError.
+
+Example:
+    >>> missing_extra("pacs", "json") is None
+    True
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+__all__ = ["EXIT_MISSING_EXTRA", "EXTRA_MODULES", "missing_extra"]
+
+EXIT_MISSING_EXTRA = 2
+# extra -> the modules it brings that the commands import
+EXTRA_MODULES = {
+    "pacs": ("pynetdicom", "dicomweb_client"),
+    "label": ("monailabel",),
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules holds None for it (excluded)
+        return False
+
+
+def missing_extra(extra: str, *modules: str) -> str | None:
+    """None when ``modules`` (default: all of the extra's) can be imported, else the message to print.
+
+    Raises:
+        KeyError: an unknown extra.
+    """
+    missing = [m for m in modules or EXTRA_MODULES[extra] if not _installed(m)]
+    if not missing:
+        return None
+    return (
+        f"this needs the '{extra}' extra ({', '.join(missing)} not installed): "
+        f"pip install 'lungseg_monai[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
+    )
