@@ -13,15 +13,21 @@ python="${PYTHON:-python3.11}"
 
 # System packages the PACS and browser tests use: Orthanc with its DICOMweb plugin, Chromium and
 # its WebDriver (Debian). Installed with apt-get when this runs as root (or with password-less
-# sudo); otherwise those tests skip with a reason. LUNGSEG_NO_APT=1 leaves the system alone.
+# sudo), and said so before; otherwise those tests skip with a reason. LUNGSEG_NO_APT=1 leaves the
+# system alone.
 system_packages=()
 command -v Orthanc >/dev/null 2>&1 || system_packages+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || system_packages+=(orthanc-dicomweb)
 command -v chromium >/dev/null 2>&1 || system_packages+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || system_packages+=(chromium-driver)
+if [ "${#system_packages[@]}" -eq 0 ]; then
+    echo "[1/3] Orthanc and Chromium (PACS and browser tests): already installed"
+fi
 if [ "${#system_packages[@]}" -gt 0 ] && [ "${LUNGSEG_NO_APT:-0}" != 1 ]; then
     if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then apt=(); else apt=(sudo -n); fi
     if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then
+        echo "[1/3] system-wide, with apt-get: ${system_packages[*]} (for the PACS and browser tests;" \
+            "LUNGSEG_NO_APT=1 skips this)"
         "${apt[@]}" apt-get update -qq
         DEBIAN_FRONTEND=noninteractive "${apt[@]}" apt-get install -y -qq --no-install-recommends "${system_packages[@]}" >/dev/null
     else
@@ -29,7 +35,9 @@ if [ "${#system_packages[@]}" -gt 0 ] && [ "${LUNGSEG_NO_APT:-0}" != 1 ]; then
     fi
 fi
 
+echo "[2/3] $venv: torch 2.14.1 and torchvision 0.29.1 (a few GB, about a minute from a local cache)"
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" "setuptools>=68" wheel
+echo "[3/3] $venv: lungseg_monai with every extra (test, pacs, label, bench)"
 SAM2_BUILD_CUDA=0 "$venv/bin/python" -m pip install --quiet --no-build-isolation -e ".[all]"
 "$venv/bin/python" -c "import lungseg_monai, monai, monailabel; print('lungseg_monai', lungseg_monai.__version__, 'monai', monai.__version__, 'monailabel', monailabel.__version__)"
