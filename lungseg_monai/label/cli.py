@@ -117,6 +117,16 @@ def start_server_args(args: argparse.Namespace, app_dir: Path, workdir: Path) ->
     return argv
 
 
+def _training_style(folder: Path) -> bool:
+    """True for a folder with ``images/`` and no radiograph directly in it (the app lists only those)."""
+    from lungseg_monai.io import SUPPORTED_SUFFIXES, is_dicom_file
+
+    if not (folder / "images").is_dir():
+        return False
+    files = (p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    return not any(p.name.lower().endswith(SUPPORTED_SUFFIXES) or is_dicom_file(p) for p in files)
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the arguments, prepare ``<workdir>/app`` and serve until interrupted."""
     from lungseg_monai.extras import EXIT_MISSING_EXTRA, missing_extra
@@ -143,6 +153,14 @@ def run(args: argparse.Namespace) -> int:
             "studies folder '%s' does not exist; pass a folder of chest radiographs or a PACS's DICOMweb root "
             "(http://HOST:PORT/dicom-web)",
             args.studies,
+        )
+        return EXIT_BAD_ARGS
+    elif _training_style(Path(args.studies)):
+        logger.error(
+            "studies folder '%s' holds no image itself but an images/ folder (a training dataset): pass --studies "
+            "'%s'; its masks/ are not read as labels (label them in the app, or train on them with the bundle)",
+            args.studies,
+            Path(args.studies) / "images",
         )
         return EXIT_BAD_ARGS
     else:

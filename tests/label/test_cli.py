@@ -52,3 +52,14 @@ def test_label_help_documents_train_on_automatic(capsys: pytest.CaptureFixture[s
     assert "--train-on-automatic" in help_text
     assert "only MANUAL and SEMIAUTOMATIC SEGs are training labels" in help_text
     assert "'QC reject:'" in help_text
+
+
+def test_label_names_the_images_folder_of_a_training_dataset(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A folder with images/ and masks/ used to start a server that listed nothing."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "manifest.csv").write_text("name\n")
+    with caplog.at_level(logging.ERROR):
+        assert main(["label", "--studies", str(tmp_path)]) == 2
+    assert f"pass --studies '{tmp_path / 'images'}'" in caplog.text
+    assert not (tmp_path / ".lungseg_label").exists()
