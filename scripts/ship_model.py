@@ -5,7 +5,8 @@ model (``--split_ratios "[0.65,0.1,0.25]"``: training, model selection, held out
 
 1. the weights are stored in fp16 in ``lungseg_monai/pretrained/NAME/model.pt``; on every
    held-out film the fp16 weights' mask is compared with the fp32 weights' (both run in fp32):
-   mean Dice >= 0.999 and no film below 0.995, or nothing is shipped;
+   mean Dice >= 0.999 and no film below 0.995, or nothing is shipped (all is staged first and
+   replaces the shipped files only at the end);
 2. the held-out films are scored (Dice, IoU, HD95 at each film's own resolution);
 3. QC is calibrated on the held-out films (films that neither trained nor selected the model),
    after a cross-fitted check: the held-out films are split by patient into folds, each fold is
@@ -29,8 +30,11 @@ import csv
 import datetime as dt
 import json
 import logging
+import os
 import re
+import shutil
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -47,7 +51,7 @@ from lungseg_monai.evaluation.metrics import segmentation_metrics  # noqa: E402
 from lungseg_monai.inference import LungSegmenter  # noqa: E402
 from lungseg_monai.io import read_mask, read_radiograph  # noqa: E402
 from lungseg_monai.io.checkpoint import load_checkpoint  # noqa: E402
-from lungseg_monai.pretrained import PRETRAINED_DIR  # noqa: E402
+from lungseg_monai.pretrained import MODEL_NAMES, PRETRAINED_DIR  # noqa: E402
 from lungseg_monai.pretrained.card import CARD_BEGIN, CARD_END, render_card  # noqa: E402
 from lungseg_monai.qc.calibration import QC_CARD_KEY, calibrate  # noqa: E402
 from lungseg_monai.qc.mask import dice  # noqa: E402
@@ -76,7 +80,6 @@ def to_fp16(source: Path, target: Path) -> None:
         k: v.half() if v.is_floating_point() and not k.endswith(("running_mean", "running_var")) else v
         for k, v in state.items()
     }
-    target.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, target)
 
 
@@ -163,7 +166,7 @@ def write_bundle_readme(name: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle_root", type=Path, required=True)
-    parser.add_argument("--name", required=True, choices=("vgg16", "resnet50"))
+    parser.add_argument("--name", required=True, choices=MODEL_NAMES)
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--train_minutes", type=float, required=True)
     parser.add_argument("--epochs", type=int, required=True, help="epochs the training ran")
@@ -179,17 +182,37 @@ def main() -> int:
     parser.add_argument("--skip_weights", action="store_true", help="keep the fp16 file already shipped (card only)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
 
+    split = json.loads((args.bundle_root / "models" / "datalist_split.json").read_text())
+    if len(split["test"]) < MIN_HELD_OUT:
+        raise SystemExit(f"{len(split['test'])} held-out films: the card's QC needs at least {MIN_HELD_OUT}")
+    shipped = PRETRAINED_DIR / args.name / "model.pt"
+    # Everything is made and checked in a staging folder beside the shipped models (same file system):
+    # only a model that passed every gate replaces the shipped files, one os.replace each.
+    with tempfile.TemporaryDirectory(dir=PRETRAINED_DIR, prefix=".staging-") as tmp:
+        staged = Path(tmp) / "model.pt"
+        if args.skip_weights:
+            shutil.copyfile(shipped, staged)
+        else:
+            to_fp16(args.bundle_root / "models" / "model.pt", staged)
+        make_card(args, split, staged)
+        shipped.parent.mkdir(exist_ok=True)
+        for suffix in (".pt", ".json"):
+            os.replace(staged.with_suffix(suffix), shipped.with_suffix(suffix))
+    write_bundle_readme(args.name)
+    print(render_card(args.name))
+    return 0
+
+
+def make_card(args: argparse.Namespace, split: dict[str, Any], target: Path) -> None:
+    """Score, gate and calibrate the fp16 weights at ``target``; write their card beside them.
+
+    Raises:
+        SystemExit: the fp16 masks do not agree with the fp32 weights' masks.
+    """
     trained = args.bundle_root / "models" / "model.pt"
     trained_card = json.loads(trained.with_suffix(".json").read_text())
-    split = json.loads((args.bundle_root / "models" / "datalist_split.json").read_text())
     training, selection, held_out = split["training"], split["validation"], split["test"]
-    if len(held_out) < MIN_HELD_OUT:
-        raise SystemExit(f"{len(held_out)} held-out films: the card's QC needs at least {MIN_HELD_OUT}")
-    target = PRETRAINED_DIR / args.name / "model.pt"
-    if not args.skip_weights:
-        to_fp16(trained, target)
     card = {k: v for k, v in trained_card.items() if k not in (QC_CARD_KEY, "about")}
     target.with_suffix(".json").write_text(json.dumps(card, indent=1))
 
@@ -263,9 +286,6 @@ def main() -> int:
         about["archive"] = archive_shares(args.archive, args.archive_source, args.seen)
     card["about"] = about
     target.with_suffix(".json").write_text(json.dumps(card, indent=1))
-    write_bundle_readme(args.name)
-    print(render_card(args.name))
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ INFERENCE_CONFIG = CONFIG_DIR / "inference.json"
 METADATA = CONFIG_DIR / "metadata.json"
 SAMPLE_DATA = BUNDLE_DIR / "sample_data"
 SHARED_DATA = Path(os.environ.get("LUNGSEG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-SHARED_DICOM = SHARED_DATA / "dicom"
 SHARED_CXR = SHARED_DATA / "cxr_lung"
 # The two real chest DICOM files also ship with the sample data (byte-identical copies).
 SAMPLE_DICOM = SAMPLE_DATA / "dicom"

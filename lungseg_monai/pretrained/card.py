@@ -7,14 +7,12 @@ cannot disagree. A model trained by the bundle (no ``about``) gets the technical
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 from lungseg_monai.pretrained import resolve_model
 
-__all__ = ["CARD_BEGIN", "CARD_END", "read_card", "render_card"]
+__all__ = ["CARD_BEGIN", "CARD_END", "render_card"]
 
 # Markers around a rendered card in a Markdown file (the bundle's docs/README.md).
 CARD_BEGIN = "<!-- model-card: {name} (written by scripts/ship_model.py from model.json; do not edit) -->"
@@ -38,14 +36,6 @@ FINE_TUNING = (
 )
 
 
-def read_card(model: str | os.PathLike | None) -> tuple[Path, dict[str, Any]]:
-    """The model file (a shipped name resolved) and its ``model.json`` (empty if there is none)."""
-    path = resolve_model(model)
-    sidecar = path.with_suffix(".json")
-    card = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    return path, card
-
-
 def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
@@ -57,10 +47,13 @@ def _qc_lines(card: dict[str, Any], about: dict[str, Any]) -> list[str]:
             "Not calibrated: its QC verdicts say `unavailable`, and `--fail-on`, `--stow-to` and the node stop them."
         ]
     fitted = qc.get("validation", {})
+    # A shipped model is calibrated on films that also did not select it (scripts/ship_model.py); the
+    # bundle's own training calibrates on its validation films, which chose the best epoch.
+    films = "films that neither trained nor selected the model" if about else "validation films it was not trained on"
     lines = [
-        f"Calibrated on {fitted.get('n_validation', '?')} films that neither trained nor selected the model "
-        f"(feature distribution from {fitted.get('n_training', '?')} training films); bound to the weights' "
-        f"SHA-256 `{str(qc.get('weights_sha256', ''))[:16]}…`.",
+        f"Calibrated on {fitted.get('n_validation', '?')} {films} (feature distribution from "
+        f"{fitted.get('n_training', '?')} training films); bound to the weights' SHA-256 "
+        f"`{str(qc.get('weights_sha256', ''))[:16]}…`.",
     ]
     check = about.get("qc_check")
     if check:
@@ -96,8 +89,17 @@ def _qc_lines(card: dict[str, Any], about: dict[str, Any]) -> list[str]:
 
 
 def render_card(model: str | os.PathLike | None = None) -> str:
-    """The Markdown model card of a shipped model (by name) or of a ``model.pt`` path."""
-    path, card = read_card(model)
+    """The Markdown model card of a shipped model (by name) or of a ``model.pt``/``model.ts`` path.
+
+    Raises:
+        CheckpointError: the model or its card cannot be found (:func:`read_model_card`).
+    """
+    # Read as LungSegmenter reads it (sidecar, TorchScript extra files, defaults); inference imports torch,
+    # so not at module level.
+    from lungseg_monai.inference.predictor import read_model_card
+
+    path = resolve_model(model)
+    card = read_model_card(path)
     about = card.get("about", {})
     name = about.get("name", path.parent.name if path.name == "model.pt" else path.stem)
     backbone = card.get("backbone", "?")

@@ -34,11 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def describe(model: str) -> dict[str, object]:
     """One row of the listing: what ``model`` (a shipped name or a path) is and how it scored."""
     from lungseg_monai.inference.predictor import LungSegmenter
-    from lungseg_monai.pretrained.card import read_card
+    from lungseg_monai.pretrained import resolve_model
 
-    path, card = read_card(model)
+    path = resolve_model(model)
     segmenter = LungSegmenter.from_model(path, device="cpu")
-    test = card.get("about", {}).get("test", {})
+    test = segmenter.card.get("about", {}).get("test", {})
     return {
         "model": model,
         "path": str(path),

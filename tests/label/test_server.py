@@ -26,7 +26,7 @@ import pytest
 pytest.importorskip("monailabel", reason="needs the 'label' extra (pip install 'lungseg_monai[label]')")
 requests = pytest.importorskip("requests")
 
-from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, SAMPLE_DATA, SHARED_DICOM, require_shared  # noqa: E402
+from conftest import DICOM_FAKE_MONO1, DICOM_J2K_MONO1, SAMPLE_DATA  # noqa: E402
 from label_server import (  # noqa: E402
     REQUEST_TIMEOUT_S,
     expected_mask,
@@ -64,9 +64,8 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copyfile(SAMPLE_DATA / "images" / f"{PNG_ID}.png", folder / f"{PNG_ID}.png")
     with Image.open(SAMPLE_DATA / "images" / "1880e301.png") as img:
         img.crop((0, 0, img.width, CROPPED_ROWS)).save(folder / f"{CROPPED_ID}.png")
-    if SHARED_DICOM.is_dir():
-        for dicom in (DICOM_J2K_MONO1, DICOM_FAKE_MONO1):
-            shutil.copyfile(dicom, folder / dicom.name)
+    for dicom in (DICOM_J2K_MONO1, DICOM_FAKE_MONO1):
+        shutil.copyfile(dicom, folder / dicom.name)
     return folder
 
 
@@ -107,8 +106,7 @@ def test_info_lists_the_model_and_its_lung_label(server: Server) -> None:
 def test_datastore_lists_png_and_dicom_images(server: Server) -> None:
     objects = server.session.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=REQUEST_TIMEOUT_S).json()
     assert set(objects["objects"]) == _image_ids(server.studies)
-    if SHARED_DICOM.is_dir():
-        assert set(DICOM_IDS) <= set(objects["objects"])
+    assert set(DICOM_IDS) <= set(objects["objects"])
 
 
 @pytest.mark.parametrize("image_id", [CROPPED_ID, PNG_ID])
@@ -137,7 +135,6 @@ DICOM_SPACING = {DICOM_J2K_MONO1.stem: (1.0, 1.0, 1.0), DICOM_FAKE_MONO1.stem: (
 def test_infer_dicom_returns_the_lungseg_mask_with_the_image_geometry(
     server: Server, dicom: Path, tmp_path: Path
 ) -> None:
-    require_shared()
     import SimpleITK as sitk  # what 3D Slicer's MONAI Label module reads results with
 
     response = server.infer(dicom.stem)
@@ -231,10 +228,9 @@ def test_review_page_and_its_film_rendering_on_a_folder(server: Server) -> None:
 
     unknown = server.get("/lungseg/render", image="no_such_image")
     assert unknown.status_code == 404 and "'no_such_image' is not in the datastore" in unknown.json()["detail"]
-    if SHARED_DICOM.is_dir():
-        j2k = server.get("/lungseg/render", image=DICOM_J2K_MONO1.stem)
-        with Image.open(io.BytesIO(j2k.content)) as img:
-            assert img.size == (1841, 1955)
+    j2k = server.get("/lungseg/render", image=DICOM_J2K_MONO1.stem)
+    with Image.open(io.BytesIO(j2k.content)) as img:
+        assert img.size == (1841, 1955)
 
 
 def test_twenty_concurrent_infers_all_succeed(server: Server, tmp_path: Path) -> None:
