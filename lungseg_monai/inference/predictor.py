@@ -30,7 +30,7 @@ from lungseg_monai.inference.transforms import CleanLungMask
 from lungseg_monai.io import Radiograph
 from lungseg_monai.networks import LungUNet, backbone_of_state_dict
 from lungseg_monai.pretrained import resolve_model
-from lungseg_monai.qc.mask import mask_features, perturb, unperturb
+from lungseg_monai.qc.mask import DEFAULT_TTA_METHOD, mask_features, perturb, perturb_features, unperturb
 from lungseg_monai.qc.ood import bottleneck_features, encoder_of
 from lungseg_monai.qc.quality import QCResult, QualityControl, calibration_digest, calibration_problem
 from lungseg_monai.transforms import ResizeToOriginal, radiograph_to_metatensor
@@ -434,23 +434,46 @@ class LungSegmenter:
         return torch.sigmoid(self.precision.run(self.network, batch.to(self.device))).contiguous()
 
     @torch.inference_mode()
-    def forward_qc(self, batch: torch.Tensor, tta: bool | None = None) -> QCForward:
-        """:meth:`forward` plus what quality control needs: bottleneck features and a perturbed pass.
+    def forward_qc(self, batch: torch.Tensor, tta: bool | None = None, tta_method: str | None = None) -> QCForward:
+        """:meth:`forward` plus what quality control needs: bottleneck features and a perturbed mask.
 
         Args:
             batch: (B, 1, image_size, image_size) inputs.
-            tta: also segment a slightly zoomed and shifted copy (:func:`lungseg_monai.qc.mask.perturb`);
-                default: as the model's QC calibration says (no QC calibration: no).
+            tta: also make a slightly zoomed and shifted prediction for ``tta_dice``; default: as the
+                model's QC calibration says (no QC calibration: no).
+            tta_method: ``"features"`` (decode the encoder features of this pass once more, warped:
+                :func:`~lungseg_monai.qc.mask.perturb_features`) or ``"input"`` (run the network again
+                on a warped input: :func:`~lungseg_monai.qc.mask.perturb`); default: as the calibration
+                says, else ``"features"``.
         """
         tta = (self.qc is not None and self.qc.tta) if tta is None else tta
+        if tta_method is None:
+            tta_method = self.qc.tta_method if self.qc is not None else DEFAULT_TTA_METHOD
         if encoder_of(self.network) is None:
             return QCForward(self.forward(batch))
+        batch = batch.to(self.device)
+        if tta and tta_method == "features" and hasattr(self.network, "decode"):
+            with bottleneck_features(self.network) as features:
+                logits = self.precision.run(self._decode_twice, batch)
+            probabilities = torch.sigmoid(logits).contiguous()
+            size = batch.shape[0]
+            out = QCForward(probabilities[:size], features[0])
+            out.tta_probabilities, out.tta_valid = unperturb(probabilities[size:])
+            return out
         with bottleneck_features(self.network) as features:
             probabilities = self.forward(batch)
         out = QCForward(probabilities, features[0])
         if tta:
-            out.tta_probabilities, out.tta_valid = unperturb(self.forward(perturb(batch.to(self.device))))
+            out.tta_probabilities, out.tta_valid = unperturb(self.forward(perturb(batch)))
         return out
+
+    def _decode_twice(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, ...) inputs -> (2B, 1, H, W) logits: the batch's, then those of its perturbed encoder features."""
+        height, width = batch.shape[-2], batch.shape[-1]
+        features = self.network.encode(batch)
+        decoded = [self.network.decode(features, height, width)]
+        decoded.append(self.network.decode(perturb_features(features), height, width))
+        return torch.cat(decoded)
 
     def assess(self, qc_forward: QCForward) -> QCResult:
         """The quality verdict of one image's mask from its :meth:`forward_qc` output (batch of 1)."""

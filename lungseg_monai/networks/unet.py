@@ -78,12 +78,23 @@ class LungUNet(FlexibleUNet):
         Written for ``torch.jit.script`` (the bundle's ``ckpt_export``): no ``super()`` call and
         no closed-over globals; the body is FlexibleUNet's forward around the padding.
         """
+        return self.decode(self.encode(inputs), inputs.shape[-2], inputs.shape[-1])
+
+    def encode(self, inputs: torch.Tensor) -> list[torch.Tensor]:
+        """(B, C, H, W) -> the encoder's feature maps, finest first, of the input padded to a multiple of 32."""
         height, width = inputs.shape[-2], inputs.shape[-1]
         pad_h = (-height) % self.size_divisor
         pad_w = (-width) % self.size_divisor
         if pad_h > 0 or pad_w > 0:
             inputs = F.pad(inputs, [0, pad_w, 0, pad_h], mode="replicate")
-        features = self.encoder(inputs)
+        return self.encoder(inputs)
+
+    def decode(self, features: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
+        """:meth:`encode`'s feature maps -> (B, out_channels, ``height``, ``width``) logits.
+
+        Quality control decodes the features of one encoder pass twice, the second time perturbed
+        (:func:`lungseg_monai.qc.mask.perturb_features`), instead of running the whole network again.
+        """
         logits = self.segmentation_head(self.decoder(features, self.skip_connect))
         return logits[..., :height, :width]
 

@@ -34,7 +34,7 @@ from monai.transforms import Resize
 from scipy.stats import spearmanr
 
 from lungseg_monai.io import read_mask, read_radiograph
-from lungseg_monai.qc.mask import dice, feature_ranges, mask_features
+from lungseg_monai.qc.mask import DEFAULT_TTA_METHOD, dice, feature_ranges, mask_features
 from lungseg_monai.qc.ood import FeatureDistribution
 from lungseg_monai.qc.quality import CALIBRATION_VERSION, REVIEW_BELOW, ScoreModel, out_of_range
 
@@ -110,7 +110,11 @@ def _grid_mask(label: np.ndarray, size: int) -> np.ndarray:
 
 
 def calibrate(
-    segmenter: Any, training: Sequence[Mapping[str, Any]], validation: Sequence[Mapping[str, Any]], tta: bool = True
+    segmenter: Any,
+    training: Sequence[Mapping[str, Any]],
+    validation: Sequence[Mapping[str, Any]],
+    tta: bool = True,
+    tta_method: str = DEFAULT_TTA_METHOD,
 ) -> dict[str, Any]:
     """Fit quality control for ``segmenter`` (a :class:`lungseg_monai.inference.LungSegmenter`).
 
@@ -118,7 +122,10 @@ def calibrate(
         segmenter: the trained model, with the post-processing ``lungseg infer`` uses.
         training: datalist items ``{"image": path, "label": path}`` the model was trained on.
         validation: datalist items the model was not trained on (at least 2).
-        tta: use the test-time perturbation agreement (``tta_dice``): one more network pass per image.
+        tta: use the test-time perturbation agreement (``tta_dice``).
+        tta_method: how the perturbed mask is made (:data:`~lungseg_monai.qc.mask.TTA_METHODS`):
+            ``"features"`` decodes the same pass's encoder features once more, warped (the default:
+            about a fifth of a network pass); ``"input"`` runs the network again on a warped input.
 
     Returns:
         The model card's ``"qc"`` entry.
@@ -146,7 +153,7 @@ def calibrate(
     rows, dices, names, groups = [], [], [], []
     for batch in _batches(list(validation), _BATCH):
         radiographs = [read_radiograph(item["image"]) for item in batch]
-        out = segmenter.forward_qc(torch.stack([segmenter.prepare(rg) for rg in radiographs]), tta=tta)
+        out = segmenter.forward_qc(torch.stack([segmenter.prepare(rg) for rg in radiographs]), tta=tta, tta_method=tta_method)
         for i, (item, rg) in enumerate(zip(batch, radiographs)):
             one = out.item(i)
             features = segmenter.qc_features(one)
@@ -161,6 +168,7 @@ def calibrate(
         "version": CALIBRATION_VERSION,
         "weights_sha256": segmenter.weights_sha256,
         "tta": bool(tta),
+        "tta_method": tta_method,
         "features": distribution.to_dict(),
         "ood_threshold": ood_threshold,
         "ranges": ranges,

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from lungseg_monai.qc.mask import SHAPE_FEATURES
+from lungseg_monai.qc.mask import SHAPE_FEATURES, TTA_METHODS
 from lungseg_monai.qc.ood import FeatureDistribution
 
 __all__ = [
@@ -272,6 +272,10 @@ class QualityControl:
         self.reject_below = float(calibration.get("reject_below", REJECT_BELOW))
         self.range_margin = float(calibration.get("range_margin", RANGE_MARGIN))
         self.tta = bool(calibration.get("tta", True))
+        # Calibrations written before the "features" method have no key: their tta_dice came from the input.
+        self.tta_method = str(calibration.get("tta_method", "input"))
+        if self.tta_method not in TTA_METHODS:
+            raise ValueError(f"unknown tta_method {self.tta_method!r} in the QC calibration; expected one of {TTA_METHODS}")
 
     def out_of_range(self, features: Mapping[str, float]) -> list[str]:
         """Reasons for shape features outside the training range (widened by the margin)."""

@@ -65,6 +65,7 @@ def test_calibration_is_written_at_the_end_of_training(trained_bundle: Path) -> 
     assert qc["ood_threshold"] > qc["validation"]["ood_distance_max"] > 0
     assert set(qc["ranges"]) >= {"lung_fraction", "side_ratio", "solidity"}
     assert qc["score_model"]["features"] == ["soft_dice", "tta_dice", "uncertain_share", "ood_distance", "n_out_of_range"]
+    assert qc["tta"] is True and qc["tta_method"] == "features"  # the cheap agreement check (issue 22)
 
 
 def test_rejected_masks_get_reasons_no_seg_and_fail_on_reject(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lungseg_monai.qc.ood import FeatureDistribution
 from lungseg_monai.qc.quality import QCResult, QualityControl, ScoreModel
@@ -121,3 +122,34 @@ def test_review_limit_is_raised_from_out_of_fold_scores_to_catch_the_shrunk_tail
     assert 0.90 < limit and good_flagged <= 0.04 * 50
     assert np.sum(scores[-3:] < limit) >= 2
     assert review_limit(scores[:5], dices[:5]) == 0.90  # too few good masks to set it: the default
+
+
+def test_feature_agreement_decodes_one_encoder_pass_twice() -> None:
+    """tta_method "features": one encoder pass (one bottleneck), two decodes; "input": two whole passes."""
+    from lungseg_monai.inference import LungSegmenter
+    from lungseg_monai.networks import LungUNet
+
+    torch.manual_seed(0)
+    card = {"image_size": 64, "intensity_percentiles": [0.5, 99.5], "intensity_mean": 0.4, "intensity_std": 0.2,
+            "threshold": 0.5}
+    segmenter = LungSegmenter(LungUNet("vgg16").eval(), card, precision="fp32")
+    calls = []
+    segmenter.network.encoder.register_forward_hook(lambda *_: calls.append("encoder"))
+    batch = torch.randn(2, 1, 64, 64)
+    out = segmenter.forward_qc(batch, tta=True, tta_method="features")
+    assert calls == ["encoder"] and out.features.shape == (2, 512)
+    assert torch.allclose(out.probabilities, segmenter.forward(batch), atol=1e-5)  # the mask is the plain pass's
+    assert out.tta_probabilities.shape == (2, 1, 64, 64) and 0 < float(out.tta_valid.mean()) < 1
+    assert not torch.allclose(out.tta_probabilities, out.probabilities, atol=1e-4)  # the warp changed something
+    calls.clear()
+    segmenter.forward_qc(batch, tta=True, tta_method="input")
+    assert calls == ["encoder", "encoder"]
+
+
+def test_calibration_without_tta_method_keeps_the_input_method(qc: QualityControl) -> None:
+    """Cards written before the "features" method were fitted on input-perturbation tta_dice: they keep it."""
+    old = qc.calibration
+    assert "tta_method" not in old and qc.tta_method == "input"
+    assert QualityControl({**old, "tta_method": "features"}).tta_method == "features"
+    with pytest.raises(ValueError, match="unknown tta_method"):
+        QualityControl({**old, "tta_method": "half"})
