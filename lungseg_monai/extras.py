@@ -1,7 +1,8 @@
 """Which optional extra a command needs, and the message and exit code when it is not installed.
 
 ``pip install lungseg_monai`` reads and segments files; the DICOM node and DICOMweb need the
-``pacs`` extra, ``lungseg label`` the ``label`` extra (MONAI Label and its pins). A command whose
+``pacs`` extra, ``lungseg label`` the ``label`` extra (MONAI Label and its pins), ``lungseg infer
+--ray`` the ``ray`` extra (Ray Data). A command whose
 extra is missing says which one to install and exits with :data:`EXIT_MISSING_EXTRA`, instead of
 failing later with an ImportError.
 
@@ -21,6 +22,7 @@ EXIT_MISSING_EXTRA = 2
 EXTRA_MODULES = {
     "pacs": ("pynetdicom", "dicomweb_client"),
     "label": ("monailabel",),
+    "ray": ("ray",),
 }
 
 

@@ -31,6 +31,7 @@ from lungseg_monai.inference.options import (
 )
 
 if TYPE_CHECKING:
+    from lungseg_monai.inference.cluster import ClusterOptions
     from lungseg_monai.inference.discovery import SkippedInput
     from lungseg_monai.inference.runner import InferenceSummary
     from lungseg_monai.inference.transforms import CleanLungMask
@@ -189,8 +190,61 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="store the DICOM results (SEG; SR, SC when written) of this run's DICOM inputs on this server with "
         "STOW-RS (needs dicomseg in --formats); one it already holds is not duplicated",
     )
+    scale = parser.add_argument_group(
+        "scale-out (Ray; needs the 'ray' extra)",
+        "The films are segmented and their outputs written by a pool of Ray actors, each holding the model once; "
+        "this process plans, records and reports as without --ray. OUT_DIR and the model file must be on a file "
+        "system every node sees. A film that fails is reported and the run goes on; a dead worker's films are "
+        "redone; a rerun after a crash does only the rest.",
+    )
+    scale.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="run on Ray: no ADDRESS (or 'local') starts Ray on this machine for the run; 'auto' joins the cluster "
+        "of this machine (after `ray start`); ray://HOST:10001 connects with Ray Client",
+    )
+    scale.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        help="model copies at work at once (default: one per GPU of the cluster, or its CPUs / --cpus-per-actor)",
+    )
+    scale.add_argument(
+        "--cpus-per-actor", type=int, default=1, help="CPUs (torch threads) per actor on CPU nodes (default: 1)"
+    )
+    scale.add_argument(
+        "--films-per-task",
+        type=int,
+        default=None,
+        help="films per Ray task; a dead worker's task is redone whole (default: 32)",
+    )
     parser.set_defaults(func=run, without_training_modules=True)
     return parser
+
+
+# What --ray ADDRESS may be; anything else after --ray is the first INPUT (`--ray images/ -o out`).
+_RAY_ADDRESS = re.compile(r"local|auto|[a-z]+://\S+|[\w.\-]+:\d+")
+
+
+def _cluster(args: argparse.Namespace) -> ClusterOptions | None:
+    """The Ray options of ``--ray``, or None without it.
+
+    Raises:
+        ValueError: an option out of range.
+    """
+    from lungseg_monai.inference.cluster import FILMS_PER_TASK, ClusterOptions
+
+    if args.ray is None:
+        if args.actors is not None or args.films_per_task is not None:
+            raise ValueError("--actors and --films-per-task need --ray")
+        return None
+    if not _RAY_ADDRESS.fullmatch(args.ray):
+        args.inputs.insert(0, args.ray)
+        args.ray = "local"
+    return ClusterOptions(args.ray, args.actors, args.cpus_per_actor, args.films_per_task or FILMS_PER_TASK)
 
 
 def _postprocess(args: argparse.Namespace) -> CleanLungMask | None:
@@ -351,19 +405,21 @@ def _push(url: str, summary: InferenceSummary, formats: Sequence[str]) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Run ``lungseg infer`` from parsed arguments; returns the exit code (0, or EXIT_FAILED, EXIT_STOW, EXIT_QC)."""
     from lungseg_monai.io.checkpoint import CheckpointError
+    from lungseg_monai.inference.cluster import WorkerSettingsError
     from lungseg_monai.inference.runner import parse_formats, segment_files
     from lungseg_monai.qc.quality import QC_UNAVAILABLE
 
-    if args.dicomweb or args.stow_to:
-        from lungseg_monai.extras import EXIT_MISSING_EXTRA, missing_extra
+    from lungseg_monai.extras import EXIT_MISSING_EXTRA, missing_extra
 
-        problem = missing_extra("pacs", "dicomweb_client")
+    for wanted, extra, modules in ((args.dicomweb or args.stow_to, "pacs", ("dicomweb_client",)), (args.ray, "ray", ())):
+        problem = missing_extra(extra, *modules) if wanted else None
         if problem:
-            logger.error("--dicomweb / --stow-to: %s", problem)
+            logger.error("%s: %s", "--ray" if extra == "ray" else "--dicomweb / --stow-to", problem)
             return EXIT_MISSING_EXTRA
     try:
         formats = parse_formats(args.formats)
         postprocess = _postprocess(args)
+        cluster = _cluster(args)
         _check_sources(args, formats)
         # Malformed --modality, --date, --query: refused before the model loads.
         queries = _pacs_query(args) if args.dicomweb else []
@@ -409,8 +465,9 @@ def run(args: argparse.Namespace) -> int:
                 check_headers=not args.no_header_check,
                 # Results that go to a PACS must have been checked, unless the user says otherwise.
                 allow_uncalibrated=args.allow_uncalibrated or not args.stow_to,
+                cluster=cluster,
             )
-        except (CheckpointError, ValueError) as e:
+        except (CheckpointError, ValueError, WorkerSettingsError) as e:
             logger.error("%s", e)
             return EXIT_FAILED
     summary.failed += not_retrieved

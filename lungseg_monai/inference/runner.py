@@ -1,12 +1,15 @@
-"""Segment many files: find them, run the model in batches, write every output, report what happened.
+"""Segment many files: plan what is left to do, have it done, record and report what happened.
 
-Reading and decoding (thread pool) overlaps the network (main thread, batches), which overlaps
-resizing, post-processing and writing (second thread pool). Every output is written atomically,
-an output is kept unless ``overwrite`` only when the manifest says it was made from the same input
-content, model and settings (:mod:`lungseg_monai.inference.manifest`), and a file that fails is
-reported with its reason while the others go on.
+Three steps, in this process: **plan** (find the inputs, hash them, keep the outputs the manifest
+vouches for: :mod:`lungseg_monai.inference.manifest`), **execute** the jobs left, here
+(:class:`~lungseg_monai.inference.execute.FilmPipeline`: reading, the network and writing overlap) or
+on a Ray cluster (:mod:`lungseg_monai.inference.cluster`), and **record** each job's outcome as it
+arrives: the summary, ``measurements.csv`` and ``manifest.json``, both saved every few seconds, so a
+run killed at any point (this process included) keeps what it finished and a rerun does only the
+rest. Every output is written atomically, and a file that fails is reported with its reason while
+the others go on.
 
-Layout of ``output_dir``::
+Layout of ``output_dir`` (:mod:`lungseg_monai.inference.layout`)::
 
     masks/NAME.png        lung mask, 0/255, the input's rows x columns and orientation
     overlays/NAME.png     lung contour (red) over the radiograph
@@ -37,26 +40,34 @@ the run's summary. The summary holds the verdict of every input of the run, kept
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pydicom
 import torch
 from tqdm import tqdm
 
-from lungseg_monai.inference.discovery import (
-    Discovery,
-    InferenceInput,
-    SkippedInput,
-    discover_inputs,
-    read_dicom_header,
+from lungseg_monai.inference.discovery import Discovery, InferenceInput, SkippedInput, discover_inputs
+from lungseg_monai.inference.execute import (
+    REJECTED,
+    SEGMENTED,
+    FilmOutcome,
+    FilmPipeline,
+    Job,
+    RunOptions,
+    seg_withheld,
+)
+from lungseg_monai.inference.layout import (
+    DICOM_FORMATS,
+    LAYOUT,
+    MEASUREMENTS_FILE,
+    output_path,
+    parse_formats,
 )
 from lungseg_monai.inference.manifest import MANIFEST_FILE, InputState, OutputManifest
 from lungseg_monai.inference.options import (
@@ -65,13 +76,10 @@ from lungseg_monai.inference.options import (
     DEFAULT_WORKERS,
     FORMATS,
 )
-from lungseg_monai.inference.predictor import LungSegmenter, QCForward
-from lungseg_monai.inference.transforms import CleanLungMask, mask_to_uint8_2d
-from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
-from lungseg_monai.outputs import overlay_contours, save_overlay, save_png
-from lungseg_monai.outputs.dicom_uids import ResultUIDs
-from lungseg_monai.outputs.measurements import measure_radiograph, read_measurements, write_measurements
-from lungseg_monai.outputs.nifti import NIFTI_SUFFIX, save_nifti_mask
+from lungseg_monai.inference.predictor import LungSegmenter
+from lungseg_monai.inference.transforms import CleanLungMask
+from lungseg_monai.outputs.atomic import remove_leftover_temporaries
+from lungseg_monai.outputs.measurements import read_measurements, write_measurements
 from lungseg_monai.qc.quality import (
     QC_REJECT,
     QC_REVIEW,
@@ -80,7 +88,9 @@ from lungseg_monai.qc.quality import (
     QCResult,
     UncalibratedModelError,
 )
-from lungseg_monai.qc.input import ImplausibleInputError, ensure_plausible
+
+if TYPE_CHECKING:
+    from lungseg_monai.inference.cluster import ClusterOptions
 
 __all__ = [
     "DEFAULT_FORMATS",
@@ -95,39 +105,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Per-file outputs: format -> (subfolder, suffix).
-_LAYOUT = {
-    "mask": ("masks", ".png"),
-    "overlay": ("overlays", ".png"),
-    "nifti": ("nifti", NIFTI_SUFFIX),
-    "dicomseg": ("dicomseg", ".dcm"),
-    "dicomsr": ("dicomsr", ".dcm"),
-    "dicomsc": ("dicomsc", ".dcm"),
-}
-# Per-file outputs that only DICOM inputs get.
-_DICOM_FORMATS = ("dicomseg", "dicomsr", "dicomsc")
-MEASUREMENTS_FILE = "measurements.csv"
 # Masks to review or rejected listed one by one in the run's report; the rest are in measurements.csv.
 MAX_QC_LINES = 20
-
-
-def parse_formats(text: str | Sequence[str]) -> tuple[str, ...]:
-    """``"mask,overlay"`` (or a list) -> validated formats in canonical order.
-
-    Raises:
-        ValueError: an unknown format (the message lists the valid ones).
-    """
-    names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
-    unknown = sorted(set(names) - set(FORMATS))
-    if unknown or not names:
-        raise ValueError(f"unknown output format(s) {unknown or names!r}; choose from {', '.join(FORMATS)}")
-    return tuple(f for f in FORMATS if f in names)
-
-
-def output_path(output_dir: str | os.PathLike, fmt: str, name: str) -> Path:
-    """Where the ``fmt`` output of input ``name`` goes (``output_dir/masks/NAME.png`` ...)."""
-    folder, suffix = _LAYOUT[fmt]
-    return Path(output_dir) / folder / f"{name}{suffix}"
+# measurements.csv and manifest.json are saved at least this often during a run (seconds), and less often
+# when saving them takes long (a big archive): at most a fifth of the run goes to saving.
+SAVE_EVERY_S = 10.0
+SAVE_SHARE = 0.2
 
 
 @dataclass
@@ -225,54 +208,6 @@ class InferenceSummary:
         return "\n".join(lines)
 
 
-@dataclass
-class _Job:
-    item: InferenceInput
-    targets: dict[str, Path]  # per-file outputs still to write
-    measure: bool  # a measurements row is needed
-    seg_kept: Path | None = None  # the SEG a new SR references when the SEG itself is kept
-    produced: list[str] = field(default_factory=list)  # the formats done (a withheld SEG too, without a file)
-
-
-@dataclass(frozen=True)
-class _Options:
-    """Run-wide settings the writing threads need.
-
-    Attributes:
-        settings: what decides the outputs' content (:meth:`LungSegmenter.result_settings`): the
-            manifest's reuse rule and the DICOM results' UIDs.
-        output_dir: where the outputs go.
-    """
-
-    settings: dict[str, Any]
-    output_dir: Path
-
-    @property
-    def write_rejected(self) -> bool:
-        """Write the DICOM SEG of a mask quality control rejects (part of :attr:`settings`)."""
-        return bool(self.settings["write_rejected"])
-
-
-def _outputs(job: _Job) -> list[str]:
-    """The formats a job writes, measurements included."""
-    return [*job.targets, *(["measurements"] if job.measure else [])]
-
-
-def _seg_withheld(status: str, write_rejected: bool) -> bool:
-    """True when a mask with this QC status gets no DICOM SEG."""
-    return status == QC_REJECT and not write_rejected
-
-
-def _withhold_seg(job: _Job, options: _Options, reason: str) -> None:
-    """No SEG for this job's input: remove one an earlier run left under its name (another model's, other
-    settings', or a ``write_rejected`` run's), whatever formats this run writes, so that it is never kept,
-    listed or sent under this verdict."""
-    target = output_path(options.output_dir, "dicomseg", job.item.name)
-    if target.exists():
-        target.unlink()
-        logger.warning("'%s': removed the DICOM SEG of an earlier run '%s' (%s)", job.item.path, target, reason)
-
-
 def _plan(
     found: Discovery,
     output_dir: Path,
@@ -282,7 +217,7 @@ def _plan(
     manifest: OutputManifest,
     states: dict[InferenceInput, InputState | None],
     settings: dict[str, Any],
-) -> tuple[list[_Job], list[InferenceInput], list[InferenceInput]]:
+) -> tuple[list[Job], list[InferenceInput], list[InferenceInput]]:
     """Outputs still to write per input, the inputs whose outputs are all kept, and those no asked-for output
     applies to (DICOM formats only, for a non-DICOM input). An existing output is kept only when the
     manifest says it was made from this input's content with this model and these settings; anything
@@ -292,14 +227,14 @@ def _plan(
         targets = {
             fmt: output_path(output_dir, fmt, item.name)
             for fmt in formats
-            if fmt in _LAYOUT and (fmt not in _DICOM_FORMATS or item.is_dicom)
+            if fmt in LAYOUT and (fmt not in DICOM_FORMATS or item.is_dicom)
         }
         if not targets and "measurements" not in formats:
             inapplicable.append(item)
             continue
         valid = set() if overwrite else manifest.valid_outputs(item.name, states[item], settings["model"], settings)
         verdict = manifest.verdict(item.name) if valid else None
-        withheld = verdict is not None and _seg_withheld(str(verdict.get("qc_status")), settings["write_rejected"])
+        withheld = verdict is not None and seg_withheld(str(verdict.get("qc_status")), settings["write_rejected"])
         kept = {
             fmt: path
             for fmt, path in targets.items()
@@ -308,7 +243,7 @@ def _plan(
         targets = {fmt: path for fmt, path in targets.items() if fmt not in kept}
         measure = "measurements" in formats and ("measurements" not in valid or item.name not in rows)
         if targets or measure:
-            jobs.append(_Job(item, targets, measure, None if withheld else kept.get("dicomseg")))
+            jobs.append(Job(item, targets, measure, None if withheld else kept.get("dicomseg")))
         else:
             done.append(item)
     return jobs, done, inapplicable
@@ -327,209 +262,76 @@ def _save(summary: InferenceSummary, path: Path, save: Callable[[], bool]) -> bo
     return True
 
 
-def _load(segmenter: LungSegmenter, item: InferenceInput) -> tuple[Radiograph, torch.Tensor]:
-    """Read and prepare one input; :class:`ImplausibleInputError` when its pixels cannot be a radiograph."""
-    radiograph = read_radiograph(item.path)
-    ensure_plausible(radiograph.pixels, item.path)
-    return radiograph, segmenter.prepare(radiograph)
+class _Recorder:
+    """Record each job's outcome as it arrives: the summary, the measurement rows and the manifest, saved
+    every :data:`SAVE_EVERY_S` seconds or so and at the end (:meth:`save`).
 
-
-def _write_outputs(
-    segmenter: LungSegmenter,
-    job: _Job,
-    radiograph: Radiograph,
-    network_output: QCForward,
-    options: _Options,
-) -> tuple[list[Path], list[str], dict[str, Any] | None, QCResult]:
-    """Mask and quality verdict from the network's output, then every output the job needs.
-
-    Returns (files written, formats done, CSV row or None, QC verdict); a withheld SEG is done
-    (decided: none for this verdict and these settings) without a file.
-    """
-    mask = segmenter.to_mask(network_output.probabilities[0], radiograph.shape)
-    qc = segmenter.assess(network_output)
-    if _seg_withheld(qc.status, options.write_rejected):
-        _withhold_seg(job, options, "quality control rejects the mask")
-    row = measure_radiograph(mask, radiograph, job.item.name) if job.measure or "dicomsr" in job.targets else None
-    if row is not None:
-        row.update(qc.as_row())
-    dicom_wanted = any(fmt in _DICOM_FORMATS for fmt in job.targets)
-    # The reader's own header reader (force=True): files without preamble and file meta (ACR-NEMA
-    # style, old archives) were read for the mask and must get their DICOM results too.
-    source = read_dicom_header(job.item.path) if dicom_wanted else None
-    seg = job.seg_kept
-    written, produced = [], []
-    for fmt, target in job.targets.items():
-        if fmt == "dicomseg" and _seg_withheld(qc.status, options.write_rejected):
-            logger.warning("'%s': no DICOM SEG, QC rejects the mask (%s)", job.item.path, qc.reasons_text())
-            produced.append(fmt)
-            continue
-        if fmt == "mask":
-            save_png(mask_to_uint8_2d(mask), target)
-        elif fmt == "overlay":
-            save_overlay(radiograph.pixels, mask, target)
-        elif fmt == "nifti":
-            save_nifti_mask(mask, target, radiograph.geometry)
-        elif source is not None:
-            identity = segmenter.identity
-            _write_dicom(fmt, target, job.item.path, source, identity, options, mask, radiograph, qc, row, seg)
-            if fmt == "dicomseg":
-                seg = target  # the SR of this job references it
-        written.append(target)
-        produced.append(fmt)
-    return written, produced, row if job.measure else None, qc
-
-
-def _write_dicom(
-    fmt: str,
-    target: Path,
-    source_path: Path,
-    source: pydicom.Dataset,
-    identity: str,
-    options: _Options,
-    mask: np.ndarray,
-    radiograph: Radiograph,
-    qc: QCResult,
-    row: dict[str, Any] | None,
-    seg: Path | None,
-) -> None:
-    """Write the ``dicomseg``, ``dicomsr`` or ``dicomsc`` result of a DICOM input.
-
-    Its UIDs derive from the source's, the model identity and the settings (:class:`ResultUIDs`):
-    the same in every run with these settings, so resending a result to a PACS never makes a
-    second object, and other settings never reuse a UID for other content. The SR references
-    ``seg`` when there is one. highdicom is imported here, only when DICOM results are asked for.
-    """
-    uids = ResultUIDs.for_source(source, identity, options.settings)
-    if fmt == "dicomseg":
-        from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg
-
-        description = qc_content_description(qc)
-        save_lung_seg(
-            mask, source_path, target, uids.seg_series_uid, identity, description, sop_instance_uid=uids.seg_sop_uid
-        )
-    elif fmt == "dicomsr":
-        from lungseg_monai.outputs.dicom_sr import save_lung_sr
-
-        save_lung_sr(source, target, seg, row or {}, qc, identity, uids.sr_series_uid, uids.sr_sop_uid)
-    elif fmt == "dicomsc":
-        from lungseg_monai.outputs.dicom_sc import save_overlay_sc
-
-        overlay = overlay_contours(radiograph.pixels, mask)
-        save_overlay_sc(source, target, overlay, identity, uids.sc_series_uid, uids.sc_sop_uid)
-    else:
-        raise ValueError(f"unknown DICOM output format {fmt!r}; expected one of {', '.join(_DICOM_FORMATS)}")
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, RadiographReadError):
-        return error.reason
-    return f"{type(error).__name__}: {error}"
-
-
-class _Pipeline:
-    """Read (thread pool) -> network (this thread, in batches) -> mask and write (thread pool).
-
-    At most ``2 * batch_size`` files are being read ahead and ``2 * batch_size`` being written,
-    which bounds the memory held by decoded radiographs.
+    A name's outputs are vouched for in the manifest once its outcome is recorded; ``measurements.csv``
+    is written before the manifest that vouches for its rows, so a run killed between the two loses
+    nothing it claims.
     """
 
     def __init__(
         self,
-        segmenter: LungSegmenter,
         summary: InferenceSummary,
+        manifest: OutputManifest,
+        states: dict[InferenceInput, InputState | None],
+        settings: dict[str, Any],
         rows: dict[str, Any],
-        options: _Options,
-        batch_size: int,
-        workers: int,
-        progress: bool,
         total: int,
+        progress: bool,
     ) -> None:
-        self.segmenter, self.summary, self.rows, self.options = segmenter, summary, rows, options
-        self.batch_size = batch_size
-        self.readers = ThreadPoolExecutor(workers, thread_name_prefix="lungseg-read")
-        self.writers = ThreadPoolExecutor(workers, thread_name_prefix="lungseg-write")
-        self.reads: collections.deque[tuple[_Job, Future]] = collections.deque()
-        self.writes: collections.deque[tuple[_Job, Future]] = collections.deque()
+        self.summary, self.manifest, self.states, self.settings, self.rows = summary, manifest, states, settings, rows
+        self.measurements_file = summary.output_dir / MEASUREMENTS_FILE
+        self.rows_saved = dict(rows)
+        self.recorded: list[Job] = []
+        self.save_every = SAVE_EVERY_S
+        self.last_save = time.monotonic()
         self.bar = tqdm(total=total, unit="image", desc="lungseg infer", disable=not progress)
 
-    def run(self, jobs: Sequence[_Job]) -> None:
-        queue = iter(jobs)
-        self._read_ahead(queue)
-        batch: list[tuple[_Job, Radiograph, torch.Tensor]] = []
-        while self.reads:
-            job, future = self.reads.popleft()
-            self._read_ahead(queue)
-            try:
-                radiograph, tensor = future.result()
-            except ImplausibleInputError as e:  # read, but not a radiograph: refused, not failed
-                self._reject(job, e)
-            except Exception as e:  # noqa: BLE001 - unreadable file: report it, go on with the others
-                self._fail(job, e)
+    def add(self, job: Job, outcome: FilmOutcome) -> None:
+        """Apply one job's outcome; save now and then."""
+        name, summary = job.item.name, self.summary
+        if outcome.status == SEGMENTED and outcome.qc is not None:
+            summary.written.extend(outcome.written)
+            summary.qc[name] = outcome.qc
+            summary.segmented.append(job.item)
+            job.produced = list(outcome.produced)
+            if self.states[job.item] is not None:
+                produced = [*job.produced, *(["measurements"] if job.measure else [])]
+                model = self.settings["model"]
+                self.manifest.record(name, self.states[job.item], model, self.settings, produced, outcome.qc.as_row())
+                self.recorded.append(job)
+        elif outcome.status == REJECTED and outcome.qc is not None:
+            summary.rejected.append(SkippedInput(job.item.path, outcome.reason))
+            summary.qc[name] = outcome.qc
+        else:
+            summary.failed.append(SkippedInput(job.item.path, outcome.reason))
+        if outcome.row is not None:
+            self.rows[name] = outcome.row
+        self.bar.update(1)
+        if time.monotonic() - self.last_save >= self.save_every:
+            self.save()
+
+    def save(self) -> None:
+        """Write ``measurements.csv`` (if its rows changed) and then the manifest, atomically."""
+        started = time.monotonic()
+        summary, manifest, rows = self.summary, self.manifest, self.rows
+        for name in [n for n in rows if manifest.stale(n, "measurements")]:
+            del rows[name]  # made from an input or settings the name's outputs no longer come from
+        if rows != self.rows_saved:
+            if _save(summary, self.measurements_file, lambda: bool(write_measurements(rows.values(), self.measurements_file))):
+                self.rows_saved = dict(rows)
             else:
-                batch.append((job, radiograph, tensor))
-            if batch and (len(batch) == self.batch_size or not self.reads):
-                self._run_batch(batch)
-                batch = []
-        self._drain(keep=0)
+                for job in self.recorded:
+                    if job.measure:
+                        manifest.forget(job.item.name, ["measurements"])
+        _save(summary, manifest.path, manifest.save)
+        self.last_save = time.monotonic()
+        self.save_every = max(SAVE_EVERY_S, (self.last_save - started) / SAVE_SHARE)
 
     def close(self) -> None:
-        """Stop the threads (queued work is dropped after an interruption) and the progress bar."""
-        self.readers.shutdown(wait=True, cancel_futures=True)
-        self.writers.shutdown(wait=True, cancel_futures=True)
         self.bar.close()
-
-    def _read_ahead(self, queue: Iterator[_Job]) -> None:
-        while len(self.reads) < 2 * self.batch_size:
-            job = next(queue, None)
-            if job is None:
-                return
-            self.reads.append((job, self.readers.submit(_load, self.segmenter, job.item)))
-
-    def _run_batch(self, batch: list[tuple[_Job, Radiograph, torch.Tensor]]) -> None:
-        try:
-            network_output = self.segmenter.forward_qc(torch.stack([tensor for _, _, tensor in batch]))
-        except Exception as e:  # noqa: BLE001 - e.g. out of memory: those files fail, the run goes on
-            for job, _, _ in batch:
-                self._fail(job, e)
-            return
-        for index, (job, radiograph, _) in enumerate(batch):
-            future = self.writers.submit(
-                _write_outputs, self.segmenter, job, radiograph, network_output.item(index), self.options
-            )
-            self.writes.append((job, future))
-        self._drain(keep=2 * self.batch_size)
-
-    def _drain(self, keep: int) -> None:
-        """Collect finished writes, oldest first, waiting while more than ``keep`` are outstanding."""
-        while self.writes and (len(self.writes) > keep or self.writes[0][1].done()):
-            job, future = self.writes.popleft()
-            try:
-                written, job.produced, row, qc = future.result()
-            except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
-                self._fail(job, e)
-                continue
-            self.summary.written.extend(written)
-            self.summary.qc[job.item.name] = qc
-            if row is not None:
-                self.rows[job.item.name] = row
-            self.summary.segmented.append(job.item)
-            self.bar.update(1)
-
-    def _reject(self, job: _Job, error: ImplausibleInputError) -> None:
-        self.summary.rejected.append(SkippedInput(job.item.path, error.reason))
-        _withhold_seg(job, self.options, f"the input is refused: {error.reason}")
-        verdict = QCResult.refused(error.reason)
-        self.summary.qc[job.item.name] = verdict
-        if job.measure:
-            self.rows[job.item.name] = {"name": job.item.name, "input": str(job.item.path), **verdict.as_row()}
-        logger.debug("rejected '%s': %s", job.item.path, error.reason)  # listed again in summary.report()
-        self.bar.update(1)
-
-    def _fail(self, job: _Job, error: BaseException) -> None:
-        self.summary.failed.append(SkippedInput(job.item.path, _reason(error)))
-        logger.error("'%s': %s", job.item.path, _reason(error))
-        self.bar.update(1)
 
 
 def segment_files(
@@ -547,6 +349,7 @@ def segment_files(
     check_headers: bool = True,
     precision: str = DEFAULT_PRECISION,
     allow_uncalibrated: bool = True,
+    cluster: ClusterOptions | None = None,
 ) -> InferenceSummary:
     """Segment radiographs in files, folders and DICOM studies and write the outputs.
 
@@ -574,12 +377,17 @@ def segment_files(
             is a LungSegmenter.
         allow_uncalibrated: False: refuse a model whose quality control is unavailable
             (:attr:`LungSegmenter.qc_unavailable_reason`) before segmenting anything.
+        cluster: run the network and the writing on a Ray cluster
+            (:class:`~lungseg_monai.inference.cluster.ClusterOptions`); planning and recording stay in
+            this process. ``model`` must then be a file or a shipped model's name that every worker
+            can read, and ``output_dir`` a folder every worker sees.
 
     Returns:
         An :class:`InferenceSummary`; ``summary.ok`` is False when any file failed (rejected
         and skipped files do not count as failures).
 
     Raises:
+        ValueError: ``cluster`` with a ready :class:`LungSegmenter` (the workers load the model themselves).
         UncalibratedModelError: ``allow_uncalibrated`` is False and the model's QC is unavailable.
 
     Example:
@@ -591,6 +399,11 @@ def segment_files(
     if (batch_size is not None and batch_size < 1) or workers < 1:
         raise ValueError(f"batch_size and workers must be at least 1, got {batch_size} and {workers}")
     output_dir = Path(output_dir)
+    if cluster is not None:
+        if isinstance(model, LungSegmenter):
+            raise ValueError("a Ray run needs the model as a file or a shipped model's name, not a LungSegmenter")
+        # Workers run elsewhere: every path they get is absolute.
+        output_dir, inputs = output_dir.resolve(), [Path(p).resolve() for p in inputs]
     segmenter = (
         model
         if isinstance(model, LungSegmenter)
@@ -600,7 +413,7 @@ def segment_files(
         raise UncalibratedModelError(segmenter.qc_unavailable_reason or "the model has no QC calibration")
     manifest = OutputManifest.load(output_dir)
     # Never segment our own outputs, even when OUT_DIR is (inside) an input folder.
-    excluded = [output_dir, *(output_dir / folder for folder, _ in _LAYOUT.values())]
+    excluded = [output_dir, *(output_dir / folder for folder, _ in LAYOUT.values())]
     found = discover_inputs(inputs, exclude=excluded, names=manifest.names(), check_headers=check_headers)
     summary = InferenceSummary(output_dir, skipped=list(found.skipped), failed=list(found.failed))
     for s in found.failed:
@@ -616,9 +429,7 @@ def segment_files(
             sum(len(g) for g in groups.values()),
             sum(not i.is_dicom for i in found.inputs),
         )
-    measurements_file = output_dir / MEASUREMENTS_FILE
-    rows = read_measurements(measurements_file)
-    rows_before = dict(rows)
+    rows = read_measurements(output_dir / MEASUREMENTS_FILE)
     with ThreadPoolExecutor(workers, thread_name_prefix="lungseg-hash") as pool:
         states = dict(zip(found.inputs, pool.map(manifest.state, [item.path for item in found.inputs])))
     identity, settings = segmenter.identity, segmenter.result_settings(bool(write_rejected))
@@ -636,7 +447,7 @@ def segment_files(
         if states[item] is not None:
             manifest.record(item.name, states[item], identity, settings, ())
     for job in jobs:  # about to be rewritten: not vouched for until written (a killed run redoes them)
-        manifest.forget(job.item.name, _outputs(job))
+        manifest.forget(job.item.name, job.outputs())
     _save(summary, manifest.path, manifest.save)
     if summary.up_to_date:
         logger.info(
@@ -644,25 +455,22 @@ def segment_files(
             len(summary.up_to_date),
             output_dir,
         )
-    options = _Options(settings, output_dir)
-    pipeline = _Pipeline(segmenter, summary, rows, options, batch_size, workers, progress, len(jobs))
+    options = RunOptions(settings, output_dir)
+    recorder = _Recorder(summary, manifest, states, settings, rows, len(jobs), progress)
     try:
-        pipeline.run(jobs)
+        if cluster is not None:
+            from lungseg_monai.inference.cluster import run_on_cluster
+
+            run_on_cluster(cluster, jobs, model, segmenter, options, batch_size, workers, recorder.add)
+        else:
+            pipeline = FilmPipeline(segmenter, options, batch_size, workers, recorder.add)
+            try:
+                pipeline.run(jobs)
+            finally:
+                pipeline.close()
     finally:
-        pipeline.close()
-        succeeded = set(summary.segmented)
-        for job in jobs:
-            if job.item in succeeded and states[job.item] is not None:
-                produced = [*job.produced, *(["measurements"] if job.measure else [])]
-                verdict = summary.qc[job.item.name].as_row()
-                manifest.record(job.item.name, states[job.item], identity, settings, produced, verdict)
-        for name in [n for n in rows if manifest.stale(n, "measurements")]:
-            del rows[name]  # made from an input or settings the name's outputs no longer come from
-        if rows != rows_before and not _save(
-            summary, measurements_file, lambda: bool(write_measurements(rows.values(), measurements_file))
-        ):
-            for job in jobs:
-                if job.measure:
-                    manifest.forget(job.item.name, ["measurements"])
-        _save(summary, manifest.path, manifest.save)
+        recorder.close()
+        # A run or worker killed mid-write leaves temporary files beside the outputs it was writing.
+        remove_leftover_temporaries(path for job in jobs for path in job.targets.values())
+        recorder.save()
     return summary

@@ -1,0 +1,312 @@
+"""Carry out planned jobs: read each input, run the network in batches, write every output the job asks for.
+
+Where a job runs does not change what it writes: ``lungseg infer`` runs :class:`FilmPipeline` in its
+own process, and each Ray actor of ``lungseg infer --ray`` (:mod:`lungseg_monai.inference.cluster`)
+runs one on its share of the jobs. Each finished job is reported as a :class:`FilmOutcome` to the
+process that plans and records the run (:mod:`lungseg_monai.inference.runner`).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import torch
+
+from lungseg_monai.inference.discovery import InferenceInput, read_dicom_header
+from lungseg_monai.inference.layout import DICOM_FORMATS, output_path
+from lungseg_monai.inference.predictor import LungSegmenter, QCForward
+from lungseg_monai.inference.transforms import mask_to_uint8_2d
+from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
+from lungseg_monai.outputs import overlay_contours, save_overlay, save_png
+from lungseg_monai.outputs.dicom_uids import ResultUIDs
+from lungseg_monai.outputs.measurements import measure_radiograph
+from lungseg_monai.outputs.nifti import save_nifti_mask
+from lungseg_monai.qc.input import ImplausibleInputError, ensure_plausible
+from lungseg_monai.qc.quality import QC_REJECT, QCResult
+
+__all__ = ["FAILED", "REJECTED", "SEGMENTED", "FilmOutcome", "FilmPipeline", "Job", "RunOptions", "seg_withheld", "withhold_seg"]
+
+logger = logging.getLogger(__name__)
+
+# What became of a job (FilmOutcome.status).
+SEGMENTED, REJECTED, FAILED = "segmented", "rejected", "failed"
+
+
+@dataclass
+class Job:
+    item: InferenceInput
+    targets: dict[str, Path]  # per-file outputs still to write
+    measure: bool  # a measurements row is needed
+    seg_kept: Path | None = None  # the SEG a new SR references when the SEG itself is kept
+    produced: list[str] = field(default_factory=list)  # the formats done (a withheld SEG too, without a file)
+
+    def outputs(self) -> list[str]:
+        """The formats this job writes, measurements included."""
+        return [*self.targets, *(["measurements"] if self.measure else [])]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Run-wide settings the writing threads need.
+
+    Attributes:
+        settings: what decides the outputs' content (:meth:`LungSegmenter.result_settings`): the
+            manifest's reuse rule and the DICOM results' UIDs.
+        output_dir: where the outputs go.
+    """
+
+    settings: dict[str, Any]
+    output_dir: Path
+
+    @property
+    def write_rejected(self) -> bool:
+        """Write the DICOM SEG of a mask quality control rejects (part of :attr:`settings`)."""
+        return bool(self.settings["write_rejected"])
+
+
+@dataclass
+class FilmOutcome:
+    """What became of one job, sent from where it ran to the process that records the run.
+
+    Attributes:
+        name: the job's output name.
+        path: its input file.
+        status: :data:`SEGMENTED`, :data:`REJECTED` (read, but refused before the network) or :data:`FAILED`.
+        reason: why it was rejected or failed ("" when segmented).
+        written: the files written.
+        produced: the formats done (a withheld SEG too, without a file), measurements not included.
+        qc: the quality verdict (rejected: :meth:`QCResult.refused`; failed: None).
+        row: its ``measurements.csv`` row, when the job needs one.
+    """
+
+    name: str
+    path: Path
+    status: str
+    reason: str = ""
+    written: list[Path] = field(default_factory=list)
+    produced: list[str] = field(default_factory=list)
+    qc: QCResult | None = None
+    row: dict[str, Any] | None = None
+
+
+def seg_withheld(status: str, write_rejected: bool) -> bool:
+    """True when a mask with this QC status gets no DICOM SEG."""
+    return status == QC_REJECT and not write_rejected
+
+
+def withhold_seg(job: Job, options: RunOptions, reason: str) -> None:
+    """No SEG for this job's input: remove one an earlier run left under its name (another model's, other
+    settings', or a ``write_rejected`` run's), whatever formats this run writes, so that it is never kept,
+    listed or sent under this verdict."""
+    target = output_path(options.output_dir, "dicomseg", job.item.name)
+    if target.exists():
+        target.unlink()
+        logger.warning("'%s': removed the DICOM SEG of an earlier run '%s' (%s)", job.item.path, target, reason)
+
+
+def _load(segmenter: LungSegmenter, item: InferenceInput) -> tuple[Radiograph, torch.Tensor]:
+    """Read and prepare one input; :class:`ImplausibleInputError` when its pixels cannot be a radiograph."""
+    radiograph = read_radiograph(item.path)
+    ensure_plausible(radiograph.pixels, item.path)
+    return radiograph, segmenter.prepare(radiograph)
+
+
+def _write_outputs(
+    segmenter: LungSegmenter,
+    job: Job,
+    radiograph: Radiograph,
+    network_output: QCForward,
+    options: RunOptions,
+) -> tuple[list[Path], list[str], dict[str, Any] | None, QCResult]:
+    """Mask and quality verdict from the network's output, then every output the job needs.
+
+    Returns (files written, formats done, CSV row or None, QC verdict); a withheld SEG is done
+    (decided: none for this verdict and these settings) without a file.
+    """
+    mask = segmenter.to_mask(network_output.probabilities[0], radiograph.shape)
+    qc = segmenter.assess(network_output)
+    if seg_withheld(qc.status, options.write_rejected):
+        withhold_seg(job, options, "quality control rejects the mask")
+    row = measure_radiograph(mask, radiograph, job.item.name) if job.measure or "dicomsr" in job.targets else None
+    if row is not None:
+        row.update(qc.as_row())
+    dicom_wanted = any(fmt in DICOM_FORMATS for fmt in job.targets)
+    # The reader's own header reader (force=True): files without preamble and file meta (ACR-NEMA
+    # style, old archives) were read for the mask and must get their DICOM results too.
+    source = read_dicom_header(job.item.path) if dicom_wanted else None
+    seg = job.seg_kept
+    written, produced = [], []
+    for fmt, target in job.targets.items():
+        if fmt == "dicomseg" and seg_withheld(qc.status, options.write_rejected):
+            logger.warning("'%s': no DICOM SEG, QC rejects the mask (%s)", job.item.path, qc.reasons_text())
+            produced.append(fmt)
+            continue
+        if fmt == "mask":
+            save_png(mask_to_uint8_2d(mask), target)
+        elif fmt == "overlay":
+            save_overlay(radiograph.pixels, mask, target)
+        elif fmt == "nifti":
+            save_nifti_mask(mask, target, radiograph.geometry)
+        elif source is not None:
+            identity = segmenter.identity
+            _write_dicom(fmt, target, job.item.path, source, identity, options, mask, radiograph, qc, row, seg)
+            if fmt == "dicomseg":
+                seg = target  # the SR of this job references it
+        written.append(target)
+        produced.append(fmt)
+    return written, produced, row if job.measure else None, qc
+
+
+def _write_dicom(
+    fmt: str,
+    target: Path,
+    source_path: Path,
+    source: pydicom.Dataset,
+    identity: str,
+    options: RunOptions,
+    mask: np.ndarray,
+    radiograph: Radiograph,
+    qc: QCResult,
+    row: dict[str, Any] | None,
+    seg: Path | None,
+) -> None:
+    """Write the ``dicomseg``, ``dicomsr`` or ``dicomsc`` result of a DICOM input.
+
+    Its UIDs derive from the source's, the model identity and the settings (:class:`ResultUIDs`):
+    the same in every run with these settings, so resending a result to a PACS never makes a
+    second object, and other settings never reuse a UID for other content. The SR references
+    ``seg`` when there is one. highdicom is imported here, only when DICOM results are asked for.
+    """
+    uids = ResultUIDs.for_source(source, identity, options.settings)
+    if fmt == "dicomseg":
+        from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg
+
+        description = qc_content_description(qc)
+        save_lung_seg(
+            mask, source_path, target, uids.seg_series_uid, identity, description, sop_instance_uid=uids.seg_sop_uid
+        )
+    elif fmt == "dicomsr":
+        from lungseg_monai.outputs.dicom_sr import save_lung_sr
+
+        save_lung_sr(source, target, seg, row or {}, qc, identity, uids.sr_series_uid, uids.sr_sop_uid)
+    elif fmt == "dicomsc":
+        from lungseg_monai.outputs.dicom_sc import save_overlay_sc
+
+        overlay = overlay_contours(radiograph.pixels, mask)
+        save_overlay_sc(source, target, overlay, identity, uids.sc_series_uid, uids.sc_sop_uid)
+    else:
+        raise ValueError(f"unknown DICOM output format {fmt!r}; expected one of {', '.join(DICOM_FORMATS)}")
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, RadiographReadError):
+        return error.reason
+    return f"{type(error).__name__}: {error}"
+
+
+class FilmPipeline:
+    """Read (thread pool) -> network (this thread, in batches) -> mask and write (thread pool).
+
+    At most ``2 * batch_size`` files are being read ahead and ``2 * batch_size`` being written,
+    which bounds the memory held by decoded radiographs. Each job's :class:`FilmOutcome` goes to
+    ``on_done`` (in this thread) as soon as it is known; a file that cannot be read or written is an
+    outcome, never an exception.
+
+    Args:
+        segmenter: the model.
+        options: run-wide settings.
+        batch_size: images per network call.
+        workers: threads for reading and for writing (each).
+        on_done: called with each job and its outcome.
+    """
+
+    def __init__(
+        self,
+        segmenter: LungSegmenter,
+        options: RunOptions,
+        batch_size: int,
+        workers: int,
+        on_done: Callable[[Job, FilmOutcome], None],
+    ) -> None:
+        self.segmenter, self.options, self.on_done = segmenter, options, on_done
+        self.batch_size = batch_size
+        self.readers = ThreadPoolExecutor(workers, thread_name_prefix="lungseg-read")
+        self.writers = ThreadPoolExecutor(workers, thread_name_prefix="lungseg-write")
+        self.reads: collections.deque[tuple[Job, Future]] = collections.deque()
+        self.writes: collections.deque[tuple[Job, Future]] = collections.deque()
+
+    def run(self, jobs: Sequence[Job]) -> None:
+        queue = iter(jobs)
+        self._read_ahead(queue)
+        batch: list[tuple[Job, Radiograph, torch.Tensor]] = []
+        while self.reads:
+            job, future = self.reads.popleft()
+            self._read_ahead(queue)
+            try:
+                radiograph, tensor = future.result()
+            except ImplausibleInputError as e:  # read, but not a radiograph: refused, not failed
+                self._reject(job, e)
+            except Exception as e:  # noqa: BLE001 - unreadable file: report it, go on with the others
+                self._fail(job, e)
+            else:
+                batch.append((job, radiograph, tensor))
+            if batch and (len(batch) == self.batch_size or not self.reads):
+                self._run_batch(batch)
+                batch = []
+        self._drain(keep=0)
+
+    def close(self) -> None:
+        """Stop the threads (queued work is dropped after an interruption)."""
+        self.readers.shutdown(wait=True, cancel_futures=True)
+        self.writers.shutdown(wait=True, cancel_futures=True)
+
+    def _read_ahead(self, queue: Iterator[Job]) -> None:
+        while len(self.reads) < 2 * self.batch_size:
+            job = next(queue, None)
+            if job is None:
+                return
+            self.reads.append((job, self.readers.submit(_load, self.segmenter, job.item)))
+
+    def _run_batch(self, batch: list[tuple[Job, Radiograph, torch.Tensor]]) -> None:
+        try:
+            network_output = self.segmenter.forward_qc(torch.stack([tensor for _, _, tensor in batch]))
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory: those files fail, the run goes on
+            for job, _, _ in batch:
+                self._fail(job, e)
+            return
+        for index, (job, radiograph, _) in enumerate(batch):
+            future = self.writers.submit(
+                _write_outputs, self.segmenter, job, radiograph, network_output.item(index), self.options
+            )
+            self.writes.append((job, future))
+        self._drain(keep=2 * self.batch_size)
+
+    def _drain(self, keep: int) -> None:
+        """Collect finished writes, oldest first, waiting while more than ``keep`` are outstanding."""
+        while self.writes and (len(self.writes) > keep or self.writes[0][1].done()):
+            job, future = self.writes.popleft()
+            try:
+                written, produced, row, qc = future.result()
+            except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
+                self._fail(job, e)
+                continue
+            self.on_done(job, FilmOutcome(job.item.name, job.item.path, SEGMENTED, "", written, produced, qc, row))
+
+    def _reject(self, job: Job, error: ImplausibleInputError) -> None:
+        withhold_seg(job, self.options, f"the input is refused: {error.reason}")
+        verdict = QCResult.refused(error.reason)
+        row = {"name": job.item.name, "input": str(job.item.path), **verdict.as_row()} if job.measure else None
+        logger.debug("rejected '%s': %s", job.item.path, error.reason)  # listed again in summary.report()
+        self.on_done(job, FilmOutcome(job.item.name, job.item.path, REJECTED, error.reason, qc=verdict, row=row))
+
+    def _fail(self, job: Job, error: BaseException) -> None:
+        logger.error("'%s': %s", job.item.path, _reason(error))
+        self.on_done(job, FilmOutcome(job.item.name, job.item.path, FAILED, _reason(error)))
