@@ -80,6 +80,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR", help="where outputs go")
     parser.add_argument(
+        "--from-list",
+        action="append",
+        default=[],
+        metavar="LIST",
+        help="also segment the files a list names: a text file (one path per line) or a CSV (column path, file, "
+        "image or filename, else the first); relative paths are relative to the list (repeatable)",
+    )
+    parser.add_argument(
         "--model",
         default=None,
         help="a shipped model (vgg16, resnet50; see `lungseg models`), the bundle's models/model.pt (model.json "
@@ -311,8 +319,10 @@ def _check_sources(args: argparse.Namespace, formats: tuple[str, ...]) -> None:
     selectors = [f"--{n}" for n in ("study", "series", "modality", "date", "query") if getattr(args, n)]
     if selectors and not args.dicomweb:
         raise ValueError(f"{', '.join(selectors)} select(s) instances on a PACS: give the server with --dicomweb URL")
-    if not args.inputs and not args.dicomweb:
-        raise ValueError("nothing to segment: give INPUT files or folders, or --dicomweb URL with --study UID")
+    if not args.inputs and not args.dicomweb and not args.from_list:
+        raise ValueError(
+            "nothing to segment: give INPUT files or folders, --from-list LIST, or --dicomweb URL with --study UID"
+        )
     if args.dicomweb and not selectors:
         raise ValueError(
             f"--dicomweb {args.dicomweb} without --study, --series, --modality, --date or --query would pull the "
@@ -406,6 +416,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``lungseg infer`` from parsed arguments; returns the exit code (0, or EXIT_FAILED, EXIT_STOW, EXIT_QC)."""
     from lungseg_monai.io.checkpoint import CheckpointError
     from lungseg_monai.inference.cluster import WorkerSettingsError
+    from lungseg_monai.inference.discovery import read_input_list
     from lungseg_monai.inference.runner import parse_formats, segment_files
     from lungseg_monai.qc.quality import QC_UNAVAILABLE
 
@@ -433,6 +444,12 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
         logging.getLogger("retrying").setLevel(logging.ERROR)
     inputs, not_retrieved = list(args.inputs), []
+    try:
+        for list_file in args.from_list:
+            inputs += read_input_list(list_file)
+    except ValueError as e:
+        logger.error("--from-list: %s", e)
+        return EXIT_FAILED
     if args.dicomweb:
         from lungseg_monai.pacs.dicomweb import DicomwebError
 

@@ -11,6 +11,7 @@ name, and no other input gets one of them.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import re
@@ -34,7 +35,11 @@ __all__ = [
     "discover_inputs",
     "inference_datalist",
     "read_dicom_header",
+    "read_input_list",
 ]
+
+# Columns of a CSV input list that hold the file, best first (else its first column).
+LIST_COLUMNS = ("path", "file", "image", "filename")
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +206,31 @@ def _unique_names(names: Sequence[str], kept: Sequence[str | None], reserved: It
         taken.add(candidate.lower())
         out.append(candidate)
     return out
+
+
+def read_input_list(list_file: str | os.PathLike) -> list[Path]:
+    """The files an input list names: a text file with one path per line (``#`` comments and blank lines
+    ignored), or a ``.csv`` whose ``path``, ``file``, ``image`` or ``filename`` column (else its first
+    column) holds them, one row each. Relative paths are relative to the list's own folder.
+
+    Raises:
+        ValueError: the list cannot be read, or a CSV has no rows (the message names the file).
+    """
+    list_file = Path(list_file)
+    try:
+        text = list_file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"input list '{list_file}' cannot be read ({e})") from None
+    if list_file.suffix.lower() == ".csv":
+        rows = list(csv.reader(text.splitlines()))
+        if len(rows) < 2:
+            raise ValueError(f"input list '{list_file}' has a header and no rows")
+        header = [h.strip().lower() for h in rows[0]]
+        column = next((header.index(c) for c in LIST_COLUMNS if c in header), 0)
+        entries = [row[column].strip() for row in rows[1:] if len(row) > column and row[column].strip()]
+    else:
+        entries = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [p if p.is_absolute() else list_file.parent / p for p in map(Path, entries)]
 
 
 def discover_inputs(

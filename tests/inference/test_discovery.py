@@ -190,3 +190,25 @@ def test_inference_datalist_uses_images_subfolder_of_a_dataset() -> None:
 def test_inference_datalist_of_empty_folder_names_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no radiographs to segment under"):
         inference_datalist(tmp_path)
+
+
+def test_input_lists_text_and_csv_relative_to_the_list(tmp_path: Path) -> None:
+    from lungseg_monai.inference.discovery import read_input_list
+
+    films = sorted((SAMPLE_DATA / "images").glob("*.png"))[:3]
+    (tmp_path / "sub").mkdir()
+    shutil.copyfile(films[0], tmp_path / "sub" / "a.png")
+    text = tmp_path / "films.txt"
+    text.write_text(f"# archive export\nsub/a.png\n\n{films[1]}\n")
+    assert read_input_list(text) == [tmp_path / "sub" / "a.png", films[1]]
+    table = tmp_path / "films.csv"
+    table.write_text(f"patient,Path\np1,sub/a.png\np2,{films[2]}\np3,missing.png\n")
+    assert read_input_list(table) == [tmp_path / "sub" / "a.png", films[2], tmp_path / "missing.png"]
+    (tmp_path / "empty.csv").write_text("path\n")
+    with pytest.raises(ValueError, match="empty.csv' has a header and no rows"):
+        read_input_list(tmp_path / "empty.csv")
+    with pytest.raises(ValueError, match="nolist.txt' cannot be read"):
+        read_input_list(tmp_path / "nolist.txt")
+    found = discover_inputs(read_input_list(table))  # a listed file that is not there is named, the rest go on
+    assert [i.path.name for i in found.inputs] == ["a.png", films[2].name]
+    assert [(s.path.name, s.reason) for s in found.failed] == [("missing.png", "does not exist")]

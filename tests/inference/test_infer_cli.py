@@ -283,3 +283,13 @@ def test_missing_model_and_empty_input_exit_1(segmenting_bundle: Path, tmp_path:
         model = str(segmenting_bundle / "models" / "model.pt")
         assert main(["infer", str(tmp_path), "-o", str(tmp_path / "o"), "--model", model, "--no-progress"]) == 1
     assert f"no radiographs found in '{tmp_path}'" in caplog.text
+
+
+def test_from_list_segments_the_listed_films(tmp_path: Path, segmenting_bundle: Path) -> None:
+    films = [SAMPLE_DATA / "images" / f"{name}.png" for name in PNG_NAMES[:2]]
+    listing = tmp_path / "archive.csv"
+    listing.write_text("path,patient\n" + "".join(f"{f},p{i}\n" for i, f in enumerate(films)))
+    model = str(segmenting_bundle / "models" / "model.pt")
+    assert main(["infer", "--from-list", str(listing), "-o", str(tmp_path / "out"), "--model", model, "--no-progress"]) == 0
+    assert sorted(p.stem for p in (tmp_path / "out" / "masks").iterdir()) == sorted(PNG_NAMES[:2])
+    assert main(["infer", "--from-list", str(tmp_path / "none.txt"), "-o", str(tmp_path / "o2"), "--model", model]) == 1
