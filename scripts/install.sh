@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create a virtual environment and install lungseg_monai with every extra (tests, MONAI Label,
-# benchmarks). Usage: bash scripts/install.sh [VENV_DIR]   (default: .venv)
+# Create a virtual environment and install lungseg_monai with every extra (training, tests, PACS,
+# MONAI Label, Ray, benchmarks, docs) at the versions of constraints.txt.
+# Usage: bash scripts/install.sh [VENV_DIR]   (default: .venv)
 #
 # Why not a bare `pip install -e .[all]`: MONAI Label needs sam2, which ships only as a source
 # package whose build requires torch. With build isolation pip would fetch a second, multi-GB
@@ -35,9 +36,10 @@ if [ "${#system_packages[@]}" -gt 0 ] && [ "${LUNGSEG_NO_APT:-0}" != 1 ]; then
     fi
 fi
 
-echo "[2/3] $venv: torch 2.14.1 and torchvision 0.29.1 (a few GB, about a minute from a local cache)"
+# Every install goes through constraints.txt: the exact versions the tests ran with.
+echo "[2/3] $venv: torch and torchvision as constraints.txt pins them (a few GB, about a minute from a local cache)"
 "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" "setuptools>=68" wheel
-echo "[3/3] $venv: lungseg_monai with every extra (test, pacs, label, bench)"
-SAM2_BUILD_CUDA=0 "$venv/bin/python" -m pip install --quiet --no-build-isolation -e ".[all]"
+"$venv/bin/python" -m pip install --quiet -c constraints.txt torch torchvision "setuptools>=68" wheel
+echo "[3/3] $venv: lungseg_monai with every extra (train, test, pacs, label, ray, bench, docs)"
+SAM2_BUILD_CUDA=0 "$venv/bin/python" -m pip install --quiet --no-build-isolation -c constraints.txt -e ".[all]"
 "$venv/bin/python" -c "import lungseg_monai, monai, monailabel; print('lungseg_monai', lungseg_monai.__version__, 'monai', monai.__version__, 'monailabel', monailabel.__version__)"

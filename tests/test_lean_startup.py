@@ -1,6 +1,8 @@
 """``lungseg --help`` and ``lungseg infer`` load only what they use: no Ignite, TensorBoard or trainer.
 
-Each check runs a fresh interpreter and lists the modules it ended with.
+Each check runs a fresh interpreter and lists the modules it ended with. Ignite and TensorBoard come
+with the ``train`` extra; the ``lungseg infer`` checks run as in a core install, where they are not
+installed (a finder refuses them), and prove that nothing on the inference path needs them.
 """
 
 from __future__ import annotations
@@ -17,8 +19,17 @@ from PIL import Image
 TRAINING_MODULES = ("ignite", "tensorboard", "torch.utils.tensorboard", "mlflow", "lungseg_monai.engine")
 PNG = SAMPLE_DATA / "images" / "1052b0fe.png"
 
-# Runs `lungseg ARGS` as the console script does, then prints the loaded modules (None entries
-# are imports that were refused, i.e. not loaded).
+# A core install: the training extra's modules cannot be imported (as if not installed).
+_CORE_INSTALL = """
+import importlib.abc, sys
+class _NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("ignite", "tensorboard", "tensorboardX", "mlflow") or name.startswith("torch.utils.tensorboard"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _NotInstalled())
+"""
+# Runs `lungseg ARGS` as the console script does, then prints the loaded modules.
 _RUN_CLI = """
 import json, runpy, sys
 sys.argv = ["lungseg", *json.loads(sys.argv[1])]
@@ -51,7 +62,7 @@ def test_help_imports_neither_torch_nor_monai_nor_training_modules() -> None:
 def test_infer_on_a_png_writes_its_mask_without_training_modules(segmenting_bundle: Path, tmp_path: Path) -> None:
     args = ["infer", str(PNG), "-o", str(tmp_path), "--model", str(segmenting_bundle / "models" / "model.pt"),
             "--device", "cpu", "--no-progress"]  # fmt: skip
-    result = _modules_after(_RUN_CLI, json.dumps(args))
+    result = _modules_after(_CORE_INSTALL + _RUN_CLI, json.dumps(args))
     assert result["code"] == 0
     assert [m for m in TRAINING_MODULES if _loaded(result["modules"], m)] == []
     assert _loaded(result["modules"], "monai")  # the check is not vacuous: inference did run MONAI
@@ -60,21 +71,22 @@ def test_infer_on_a_png_writes_its_mask_without_training_modules(segmenting_bund
 
 
 def test_importing_the_runner_does_not_import_our_training_stack() -> None:
-    # `import monai` itself loads Ignite and TensorBoard (optional imports in monai.engines and
-    # monai.handlers); only the `lungseg` process refuses them. Our own code must not need them:
+    # With the train extra installed, `import monai` itself loads Ignite and TensorBoard (optional imports
+    # in monai.engines and monai.handlers); our own training code must still stay out:
     code = "import json, sys; import lungseg_monai.inference.runner; print(json.dumps({'modules': sorted(sys.modules)}))"
     modules = _modules_after(code)["modules"]
     assert not _loaded(modules, "lungseg_monai.engine")
     assert not _loaded(modules, "lungseg_monai.label")
 
 
-def test_our_inference_modules_import_with_training_modules_refused() -> None:
-    code = (
+def test_our_inference_modules_import_in_a_core_install() -> None:
+    code = _CORE_INSTALL + (
         "import json, sys\n"
-        "from lungseg_monai.cli import TRAINING_ONLY_MODULES, exclude_modules\n"
-        "exclude_modules(TRAINING_ONLY_MODULES)\n"
-        "import lungseg_monai.inference.runner, lungseg_monai.inference.precision, lungseg_monai.io.checkpoint\n"
+        "import lungseg_monai.inference.runner, lungseg_monai.inference.cluster, lungseg_monai.io.checkpoint\n"
+        "from lungseg_monai.inference import LungSegmenter\n"
+        "LungSegmenter.from_model('vgg16', 'cpu')\n"
         "print(json.dumps({'modules': sorted(k for k, v in sys.modules.items() if v is not None)}))"
     )
     modules = _modules_after(code)["modules"]
     assert [m for m in TRAINING_MODULES if _loaded(modules, m)] == []
+    assert _loaded(modules, "monai.networks")  # MONAI did load, without its training dependencies

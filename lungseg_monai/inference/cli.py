@@ -229,7 +229,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=None,
         help="films per Ray task; a dead worker's task is redone whole (default: 32)",
     )
-    parser.set_defaults(func=run, without_training_modules=True)
+    parser.set_defaults(func=run)
     return parser
 
 

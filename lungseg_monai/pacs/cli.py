@@ -116,7 +116,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="print the spool's counts (received, segmented, sent, failed, waiting) as JSON and exit "
         "(read only: works beside the node running on that spool)",
     )
-    parser.set_defaults(func=run, without_training_modules=True)
+    parser.set_defaults(func=run)
     return parser
 
 

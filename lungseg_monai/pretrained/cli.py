@@ -27,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("paths", nargs="*", metavar="MODEL", help="models/model.pt or model.ts files to list too")
     parser.add_argument("--card", metavar="NAME_OR_PATH", default=None, help="print this model's card (Markdown)")
     parser.add_argument("--json", action="store_true", help="print the list as JSON")
-    parser.set_defaults(func=run, without_training_modules=True)
+    parser.set_defaults(func=run)
     return parser
 
 
