@@ -27,7 +27,7 @@ SUBCOMMAND_MODULES = (
     "lungseg_monai.inference.cli",
     "lungseg_monai.pacs.cli",
     "lungseg_monai.label.cli",
-    "lungseg_monai.pretrained.cli",
+    "lungseg_monai.modelcards.cli",
 )
 
 

@@ -24,8 +24,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 
-from lungseg_monai.io import SUPPORTED_SUFFIXES, RadiographReadError, check_mask_matches, read_mask, read_radiograph
-from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.io import (
+    SUPPORTED_SUFFIXES,
+    RadiographReadError,
+    check_mask_matches,
+    file_stem,
+    read_mask,
+    read_radiograph,
+)
+from lungseg_monai.utils.atomic import atomic_path
 
 __all__ = [
     "BadPair",
@@ -35,7 +42,6 @@ __all__ = [
     "check_pair",
     "datalist_from_folder",
     "evaluation_datalist",
-    "file_stem",
     "load_datalist",
     "predefined_split",
     "prepare_splits",
@@ -56,15 +62,6 @@ MANIFEST_NAME = "manifest.csv"
 BY_IMAGE = "image"
 # Hex digits of a Patient ID's hash kept as its pseudonym in a split.
 _PSEUDONYM_CHARS = 16
-
-
-def file_stem(path: str | os.PathLike) -> str:
-    """Name without folder and suffix; ``a.nii.gz`` -> ``a``."""
-    name = Path(path).name
-    for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def _image_files(folder: Path) -> dict[str, Path]:

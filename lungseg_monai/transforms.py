@@ -1,6 +1,9 @@
-"""MONAI transforms for chest radiographs: loading images and lung masks, mapping predictions back.
+"""MONAI transforms for chest radiographs: loading images and lung masks, preprocessing, mapping predictions back.
 
-Each transform comes as an array version and a dictionary (``d``) version, like MONAI's own.
+Each transform comes as an array version and a dictionary (``d``) version, like MONAI's own. The
+preprocessing a model was trained with is defined once, here: :func:`intensity_scaling`,
+:func:`network_resize` and :func:`intensity_normalization` are what the bundle configs instantiate,
+and :func:`radiograph_preprocessing` chains them from a model card for ``LungSegmenter``.
 Loaded tensors are channel-first (1, rows, columns) MetaTensors whose ``affine`` carries the pixel
 spacing (1 mm when unknown) and whose meta keeps what is needed to map a prediction back:
 ``filename_or_obj``, ``original_shape`` (rows, columns), ``spacing`` ((row, col) mm, NaN when
@@ -18,11 +21,22 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    NormalizeIntensityd,
+    Resized,
+    ScaleIntensityRangePercentilesd,
+    Transform,
+)
 
 from lungseg_monai.io import Radiograph, check_mask_matches, read_mask, read_radiograph
 
 __all__ = [
+    "intensity_normalization",
+    "intensity_scaling",
+    "network_resize",
+    "radiograph_preprocessing",
     "LoadRadiograph",
     "LoadRadiographd",
     "LoadLungMask",
@@ -174,3 +188,37 @@ class ResizeToOriginald(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.resizer(d[key], shape)
         return d
+
+
+def intensity_scaling(keys: KeysCollection, percentiles: Sequence[float]) -> ScaleIntensityRangePercentilesd:
+    """Grey values between the ``percentiles`` (e.g. 0.5 and 99.5) of each image mapped to 0..1, clipped."""
+    low, high = (float(p) for p in percentiles)
+    return ScaleIntensityRangePercentilesd(keys, lower=low, upper=high, b_min=0.0, b_max=1.0, clip=True)
+
+
+def network_resize(keys: KeysCollection, image_size: int) -> Resized:
+    """Resized to the network's ``image_size`` x ``image_size`` by area averaging (images and reference masks)."""
+    return Resized(keys, spatial_size=(int(image_size), int(image_size)), mode="area")
+
+
+def intensity_normalization(keys: KeysCollection, mean: float, std: float) -> NormalizeIntensityd:
+    """``(x - mean) / std`` with the model's fixed statistics."""
+    return NormalizeIntensityd(keys, subtrahend=float(mean), divisor=float(std))
+
+
+def radiograph_preprocessing(card: Mapping[str, Any], keys: KeysCollection = "image") -> Compose:
+    """A loaded radiograph -> the network's input, with the settings of a model card (``intensity_percentiles``,
+    ``image_size``, ``intensity_mean``, ``intensity_std``): the steps the bundle's training ran.
+
+    Example:
+        >>> card = {"intensity_percentiles": [0.5, 99.5], "image_size": 64, "intensity_mean": 0.45, "intensity_std": 0.23}
+        >>> radiograph_preprocessing(card)({"image": torch.rand(1, 100, 80)})["image"].shape
+        torch.Size([1, 64, 64])
+    """
+    return Compose(
+        [
+            intensity_scaling(keys, card["intensity_percentiles"]),
+            network_resize(keys, card["image_size"]),
+            intensity_normalization(keys, card["intensity_mean"], card["intensity_std"]),
+        ]
+    )

@@ -27,17 +27,11 @@ import torch
 
 from lungseg_monai.inference import LungSegmenter
 from lungseg_monai.io import read_mask, read_radiograph
+from lungseg_monai.qc.mask import dice
 
 REFERENCE_PRECISION = "fp32"
 LOW_PRECISIONS = ("bf16", "fp16")
 DEFAULT_BATCH_SIZE = 8
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two binary masks; 1.0 when both are empty."""
-    a, b = a.astype(bool), b.astype(bool)
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
 
 
 def _batches(files: list[Path], size: int) -> Iterator[list[Path]]:

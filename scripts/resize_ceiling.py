@@ -23,11 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from lungseg_monai.io import read_mask
+from lungseg_monai.qc.mask import dice
 from lungseg_monai.transforms import ResizeToOriginal
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
 
 
 def round_trip_dice(mask: np.ndarray, size: int) -> tuple[float, float]:

@@ -46,13 +46,13 @@ from scipy.stats import spearmanr
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_quality import hardware_description  # noqa: E402
 
-from lungseg_monai.data import file_stem  # noqa: E402
+from lungseg_monai.io import file_stem  # noqa: E402
 from lungseg_monai.evaluation.metrics import segmentation_metrics  # noqa: E402
 from lungseg_monai.inference import LungSegmenter  # noqa: E402
 from lungseg_monai.io import read_mask, read_radiograph  # noqa: E402
 from lungseg_monai.io.checkpoint import load_checkpoint  # noqa: E402
 from lungseg_monai.pretrained import MODEL_NAMES, PRETRAINED_DIR  # noqa: E402
-from lungseg_monai.pretrained.card import CARD_BEGIN, CARD_END, render_card  # noqa: E402
+from lungseg_monai.modelcards.card import CARD_BEGIN, CARD_END, render_card  # noqa: E402
 from lungseg_monai.qc.calibration import QC_CARD_KEY, calibrate  # noqa: E402
 from lungseg_monai.qc.mask import dice  # noqa: E402
 from lungseg_monai.qc.quality import QC_PASS, QC_REVIEW, REVIEW_BELOW, QualityControl  # noqa: E402

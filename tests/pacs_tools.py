@@ -132,7 +132,7 @@ def stow_model_seg(
     its SOP Instance UID. ``date``: its Content Date instead of today's (a SEG made later)."""
     from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg
     from lungseg_monai.outputs.dicom_uids import ResultUIDs
-    from lungseg_monai.pacs.dicomweb import stow
+    from lungseg_monai.dicomweb import stow
 
     uids = ResultUIDs.for_source(pydicom.dcmread(film, stop_before_pixels=True), model)
     target = folder / f"{uids.seg_sop_uid}.dcm"

@@ -57,3 +57,20 @@ def test_pretrained_flag_from_the_command_line_is_a_bool(flag: str | bool, expec
     parser.read_config(str(TRAIN_CONFIG))
     parser["pretrained"] = flag
     assert parser.get_parsed_content("network_def#pretrained") is expected
+
+
+def test_the_model_card_keys_are_one_list() -> None:
+    """train.json's model_card holds exactly MODEL_CARD_KEYS, and inference.json and evaluate.json take exactly
+    those from the trained model's card (each stays a top-level key so a command-line value overrides it)."""
+    import json
+
+    from conftest import BUNDLE_DIR
+
+    from lungseg_monai.inference.predictor import MODEL_CARD_KEYS
+
+    configs = {name: json.loads((BUNDLE_DIR / "configs" / f"{name}.json").read_text()) for name in
+               ("train", "inference", "evaluate")}  # fmt: skip
+    assert tuple(configs["train"]["model_card"]) == MODEL_CARD_KEYS
+    for name in ("inference", "evaluate"):
+        from_card = [k for k, v in configs[name].items() if isinstance(v, str) and v.startswith("$@trained_card[")]
+        assert tuple(from_card) == MODEL_CARD_KEYS, name

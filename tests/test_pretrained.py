@@ -27,7 +27,7 @@ from lungseg_monai.pretrained import (
     shipped_models,
     trained_or_default,
 )
-from lungseg_monai.pretrained.card import CARD_BEGIN, CARD_END, render_card
+from lungseg_monai.modelcards.card import CARD_BEGIN, CARD_END, render_card
 from lungseg_monai.qc.mask import dice
 
 SHIPPED = PRETRAINED_DIR / DEFAULT_MODEL / "model.pt"

@@ -26,7 +26,7 @@ from monai.transforms import Randomizable, Transform
 
 from lungseg_monai.engine.distributed import gather_objects
 from lungseg_monai.io.checkpoint import CheckpointError, load_checkpoint, load_network_weights, unwrap_model
-from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.utils.atomic import atomic_path
 from lungseg_monai.pretrained import resolve_model
 
 __all__ = [

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
+from lungseg_monai.qc.mask import dice
+
 __all__ = ["segmentation_metrics", "METRIC_NAMES"]
 
 METRIC_NAMES = ("dice", "iou", "hd95", "assd")
@@ -33,15 +35,13 @@ def segmentation_metrics(
     ref = np.asarray(reference).astype(bool)
     if pred.shape != ref.shape:
         raise ValueError(f"prediction {pred.shape} and reference {ref.shape} must have the same shape")
-    intersection = float(np.logical_and(pred, ref).sum())
-    total = float(pred.sum() + ref.sum())
-    union = float(np.logical_or(pred, ref).sum())
-    if total == 0:
+    if not pred.any() and not ref.any():
         return {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "assd": 0.0}
-    dice = 2 * intersection / total
-    iou = intersection / union
+    value = dice(pred, ref)
+    iou = value / (2 - value)  # IoU = Dice / (2 - Dice) for the same pair of masks
+    dice_value = value
     if not pred.any() or not ref.any():
-        return {"dice": dice, "iou": iou, "hd95": math.inf, "assd": math.inf}
+        return {"dice": dice_value, "iou": iou, "hd95": math.inf, "assd": math.inf}
     y_pred = torch.from_numpy(pred)[None, None]
     y = torch.from_numpy(ref)[None, None]
     sp = None if spacing is None else [float(s) for s in spacing]
@@ -49,4 +49,4 @@ def segmentation_metrics(
         warnings.simplefilter("ignore")
         hd95 = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=sp)
         assd = compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True, spacing=sp)
-    return {"dice": dice, "iou": iou, "hd95": float(hd95.item()), "assd": float(assd.item())}
+    return {"dice": dice_value, "iou": iou, "hd95": float(hd95.item()), "assd": float(assd.item())}

@@ -25,7 +25,7 @@ from ignite.engine import Engine, Events
 from scipy.stats import spearmanr
 
 from lungseg_monai.engine.distributed import gather_objects, is_distributed
-from lungseg_monai.data import file_stem
+from lungseg_monai.io import file_stem
 from lungseg_monai.evaluation.metrics import METRIC_NAMES, segmentation_metrics
 from lungseg_monai.io import read_radiograph
 from lungseg_monai.outputs import atomic_path, save_overlay

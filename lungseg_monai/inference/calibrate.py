@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from lungseg_monai.inference.predictor import LungSegmenter
-from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.utils.atomic import atomic_path
 from lungseg_monai.qc.calibration import QC_CARD_KEY, calibrate
 
 __all__ = ["calibrate_model"]

@@ -4,7 +4,7 @@ With ``--dicomweb URL`` the instances a QIDO-RS query selects (``--study``, ``--
 ``--modality``, ``--date``, ``--query``) are retrieved to ``OUT_DIR/dicomweb/STUDY/SERIES/SOP.dcm``
 (kept there as a cache) and segmented like local files, beside any local INPUT. With
 ``--stow-to URL`` the DICOM results of this run's DICOM inputs are stored on that server (STOW-RS).
-The DICOMweb client (:mod:`lungseg_monai.pacs.dicomweb`) is imported only when asked for.
+The DICOMweb client (:mod:`lungseg_monai.dicomweb`) is imported only when asked for.
 """
 
 from __future__ import annotations
@@ -331,7 +331,7 @@ def _check_sources(args: argparse.Namespace, formats: tuple[str, ...]) -> None:
     if args.stow_to and "dicomseg" not in formats:
         raise ValueError(f"--stow-to stores DICOM SEGs: add dicomseg to --formats (got {','.join(formats)})")
     if args.dicomweb or args.stow_to:
-        from lungseg_monai.pacs.dicomweb import check_url
+        from lungseg_monai.dicomweb import check_url
 
         for flag, url in (("--dicomweb", args.dicomweb), ("--stow-to", args.stow_to)):
             if url:
@@ -349,7 +349,7 @@ def _pull(args: argparse.Namespace, queries: list[dict[str, str]]) -> tuple[list
     """
     from lungseg_monai.inference.discovery import SkippedInput
     from lungseg_monai.io import NON_IMAGE_MODALITIES
-    from lungseg_monai.pacs.dicomweb import retrieve_instances, search_instances
+    from lungseg_monai.dicomweb import retrieve_instances, search_instances
 
     found = {}
     for filters in queries:
@@ -395,7 +395,7 @@ def _results_to_store(summary: InferenceSummary, formats: Sequence[str]) -> list
 
 def _push(url: str, summary: InferenceSummary, formats: Sequence[str]) -> bool:
     """STOW-RS this run's DICOM results to ``url``; False (reasons logged) when any was not stored."""
-    from lungseg_monai.pacs.dicomweb import DicomwebError, stow
+    from lungseg_monai.dicomweb import DicomwebError, stow
 
     paths = _results_to_store(summary, formats)
     if not paths:
@@ -422,7 +422,8 @@ def run(args: argparse.Namespace) -> int:
 
     from lungseg_monai.extras import EXIT_MISSING_EXTRA, missing_extra
 
-    for wanted, extra, modules in ((args.dicomweb or args.stow_to, "pacs", ("dicomweb_client",)), (args.ray, "ray", ())):
+    needs = ((args.dicomweb or args.stow_to, "pacs", ("dicomweb_client",)), (args.ray, "ray", ()))
+    for wanted, extra, modules in needs:
         problem = missing_extra(extra, *modules) if wanted else None
         if problem:
             logger.error("%s: %s", "--ray" if extra == "ray" else "--dicomweb / --stow-to", problem)
@@ -451,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
         logger.error("--from-list: %s", e)
         return EXIT_FAILED
     if args.dicomweb:
-        from lungseg_monai.pacs.dicomweb import DicomwebError
+        from lungseg_monai.dicomweb import DicomwebError
 
         try:
             pulled, not_retrieved = _pull(args, queries)

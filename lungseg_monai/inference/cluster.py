@@ -6,13 +6,14 @@ This process (the driver) plans and records as a single-process run does
 and each actor loads the model once and runs a :class:`~lungseg_monai.inference.execute.FilmPipeline`
 on its shard: it reads the films, runs the network and writes every output itself, atomically, to
 ``OUT`` (a folder every node must see). Each film's :class:`~lungseg_monai.inference.execute.FilmOutcome`
-streams back to the driver, which records it (measurements, manifest, QC summary) as it arrives.
+streams back to the driver, which records it (measurements, manifest, QC summary) as it arrives. Jobs
+and outcomes travel as JSON (:meth:`Job.to_json`, :meth:`FilmOutcome.to_json`), never as pickles.
 
 Faults: Ray restarts an actor whose process or node died and retries its shard (Ray Data's
 defaults for actor pools: ``max_restarts=-1``, ``max_task_retries=-1``). A retried shard writes the
 same content under the same names, atomically, so no film ends with two sets of outputs; the
 temporary files a killed writer left are removed at the end of the run
-(:func:`~lungseg_monai.outputs.atomic.remove_leftover_temporaries`). A film that cannot be read or
+(:func:`~lungseg_monai.utils.atomic.remove_leftover_temporaries`). A film that cannot be read or
 written is an outcome with its reason, never an exception. A driver killed mid-run leaves a manifest
 saved a few seconds before: the rerun does only what it does not vouch for.
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -124,11 +124,11 @@ class FilmWorker:
         self.options, self.batch_size, self.workers = options, batch_size, workers
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        jobs: list[Job] = [pickle.loads(blob) for blob in batch["job"]]
-        outcomes: dict[str, bytes] = {}
+        jobs = [Job.from_json(str(text)) for text in batch["job"]]
+        outcomes: dict[str, str] = {}
 
         def done(job: Job, outcome: FilmOutcome) -> None:
-            outcomes[job.item.name] = pickle.dumps(outcome)
+            outcomes[job.item.name] = outcome.to_json()
 
         pipeline = FilmPipeline(self.segmenter, self.options, self.batch_size, self.workers, done)
         try:
@@ -209,7 +209,7 @@ def run_on_cluster(
         )
         model_file = str(Path(resolve_model(model)).resolve())
         shards = math.ceil(len(jobs) / cluster.films_per_task)
-        dataset = ray.data.from_items([{"job": pickle.dumps(job)} for job in jobs], override_num_blocks=shards)
+        dataset = ray.data.from_items([{"job": job.to_json()} for job in jobs], override_num_blocks=shards)
         dataset = dataset.map_batches(
             FilmWorker,
             fn_constructor_kwargs={
@@ -231,7 +231,7 @@ def run_on_cluster(
         by_name = {job.item.name: job for job in jobs}
         seen: set[str] = set()
         for row in dataset.iter_rows():
-            outcome: FilmOutcome = pickle.loads(row["outcome"])
+            outcome = FilmOutcome.from_json(str(row["outcome"]))
             if outcome.name in seen:  # a retried shard's film reported twice: recorded once
                 continue
             seen.add(outcome.name)

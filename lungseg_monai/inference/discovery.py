@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pydicom
 
-from lungseg_monai.data import file_stem
+from lungseg_monai.io import file_stem
 from lungseg_monai.io import NON_IMAGE_MODALITIES, SUPPORTED_SUFFIXES, is_dicom_file
 from lungseg_monai.outputs.dicom_header import MANUFACTURER
 from lungseg_monai.qc.input import check_dicom_header, sop_class_uid

@@ -9,6 +9,7 @@ process that plans and records the run (:mod:`lungseg_monai.inference.runner`).
 from __future__ import annotations
 
 import collections
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,7 +33,17 @@ from lungseg_monai.outputs.nifti import save_nifti_mask
 from lungseg_monai.qc.input import ImplausibleInputError, ensure_plausible
 from lungseg_monai.qc.quality import QC_REJECT, QCResult
 
-__all__ = ["FAILED", "REJECTED", "SEGMENTED", "FilmOutcome", "FilmPipeline", "Job", "RunOptions", "seg_withheld", "withhold_seg"]
+__all__ = [
+    "FAILED",
+    "REJECTED",
+    "SEGMENTED",
+    "FilmOutcome",
+    "FilmPipeline",
+    "Job",
+    "RunOptions",
+    "seg_withheld",
+    "withhold_seg",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +62,27 @@ class Job:
     def outputs(self) -> list[str]:
         """The formats this job writes, measurements included."""
         return [*self.targets, *(["measurements"] if self.measure else [])]
+
+    def to_json(self) -> str:
+        """The job as JSON, to travel to a worker (:meth:`from_json`); no pickling."""
+        item = self.item
+        return json.dumps(
+            {
+                "item": [str(item.path), item.name, item.is_dicom, item.study_uid, item.series_uid],
+                "targets": {fmt: str(path) for fmt, path in self.targets.items()},
+                "measure": self.measure,
+                "seg_kept": None if self.seg_kept is None else str(self.seg_kept),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        data = json.loads(text)
+        path, name, is_dicom, study_uid, series_uid = data["item"]
+        item = InferenceInput(Path(path), name, bool(is_dicom), study_uid, series_uid)
+        targets = {fmt: Path(target) for fmt, target in data["targets"].items()}
+        seg_kept = None if data["seg_kept"] is None else Path(data["seg_kept"])
+        return cls(item, targets, bool(data["measure"]), seg_kept)
 
 
 @dataclass(frozen=True)
@@ -95,6 +127,36 @@ class FilmOutcome:
     produced: list[str] = field(default_factory=list)
     qc: QCResult | None = None
     row: dict[str, Any] | None = None
+
+    def to_json(self) -> str:
+        """The outcome as JSON, to travel back from a worker (:meth:`from_json`); no pickling."""
+        qc = self.qc
+        features = {} if qc is None else {k: float(v) for k, v in qc.features.items()}
+        verdict = None if qc is None else [qc.status, qc.score, list(qc.reasons), features]
+        return json.dumps(
+            {
+                "name": self.name,
+                "path": str(self.path),
+                "status": self.status,
+                "reason": self.reason,
+                "written": [str(p) for p in self.written],
+                "produced": list(self.produced),
+                "qc": verdict,
+                "row": self.row,
+            },
+            default=str,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FilmOutcome:
+        data = json.loads(text)
+        qc = None
+        if data["qc"] is not None:
+            status, score, reasons, features = data["qc"]
+            qc = QCResult(status, score, tuple(reasons), features)
+        written = [Path(p) for p in data["written"]]
+        return cls(data["name"], Path(data["path"]), data["status"], data["reason"], written, data["produced"], qc,
+                   data["row"])  # fmt: skip
 
 
 def seg_withheld(status: str, write_rejected: bool) -> bool:

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.utils.atomic import atomic_path
 
 __all__ = ["MANIFEST_FILE", "MANIFEST_VERSION", "InputState", "ManifestEntry", "OutputManifest", "input_state"]
 

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import Compose, NormalizeIntensityd, Resized, ScaleIntensityRangePercentilesd
 
 from lungseg_monai.io.checkpoint import CheckpointError, load_checkpoint, load_network_weights
 from lungseg_monai.inference.options import DEFAULT_PRECISION, auto_batch_size
@@ -33,9 +32,10 @@ from lungseg_monai.pretrained import resolve_model
 from lungseg_monai.qc.mask import DEFAULT_TTA_METHOD, mask_features, perturb, perturb_features, unperturb
 from lungseg_monai.qc.ood import bottleneck_features, encoder_of
 from lungseg_monai.qc.quality import QCResult, QualityControl, calibration_digest, calibration_problem
-from lungseg_monai.transforms import ResizeToOriginal, radiograph_to_metatensor
+from lungseg_monai.transforms import ResizeToOriginal, radiograph_preprocessing, radiograph_to_metatensor
 
 __all__ = [
+    "MODEL_CARD_KEYS",
     "LungSegmenter",
     "ModelCard",
     "QCForward",
@@ -55,7 +55,17 @@ _CARD_DEFAULTS: ModelCard = {
     "intensity_std": 0.226,
     "threshold": 0.5,
 }
-_CARD_KEYS = ("backbone", "image_size", "decoder_channels", "intensity_percentiles", "intensity_mean", "intensity_std")
+# What a model needs besides its weights: the keys of the bundle's `model_card` (train.json) and of models/model.json
+# (tests/test_bundle_flags.py keeps train.json's model_card to exactly these).
+MODEL_CARD_KEYS = (
+    "backbone",
+    "image_size",
+    "decoder_channels",
+    "intensity_percentiles",
+    "intensity_mean",
+    "intensity_std",
+    "threshold",
+)
 # Extra files of a TorchScript archive that may hold the model card, best first: the card itself
 # (ckpt_export --config_file "['configs/train.json','models/model.json']"), then the training config.
 _TS_CARD_FILE = "model.json"
@@ -65,7 +75,7 @@ _TS_CONFIG_FILES = ("train.json", "inference.json")
 def _card_from_config(config: Mapping[str, Any]) -> ModelCard:
     """The model-card keys of a bundle config whose values are literals (not ``@``/``$`` expressions)."""
     card = {}
-    for key in _CARD_KEYS:
+    for key in MODEL_CARD_KEYS:
         value = config.get(key)
         if value is not None and not (isinstance(value, str) and value[:1] in "@$%"):
             card[key] = value
@@ -142,14 +152,15 @@ def is_torchscript_file(path: str | os.PathLike) -> bool:
 
 
 def _torchscript_extra_files(path: Path) -> dict[str, str]:
-    """The ``extra/`` files of a TorchScript archive (ckpt_export stores metadata and configs there)."""
-    with zipfile.ZipFile(path) as archive:
-        out = {}
-        for name in archive.namelist():
-            parts = name.split("/")
-            if len(parts) == 3 and parts[1] == "extra" and parts[2]:
-                out[parts[2]] = archive.read(name).decode("utf-8", errors="replace")
-    return out
+    """The card and config files ``ckpt_export`` may have stored in a TorchScript archive, by name (those present).
+
+    Read with ``torch.jit.load(_extra_files=...)``, which loads the network too (on the CPU). Not with
+    :func:`monai.data.load_net_with_metadata`: it fails on an archive without ``metadata.json`` (MONAI 1.6
+    decodes the missing file's empty text as JSON), and such files are what this reader must explain.
+    """
+    extras = dict.fromkeys((_TS_CARD_FILE, *_TS_CONFIG_FILES), "")
+    torch.jit.load(str(path), map_location=torch.device("cpu"), _extra_files=extras)
+    return {name: text.decode() if isinstance(text, bytes) else text for name, text in extras.items() if text}
 
 
 def _card_from_torchscript(path: Path) -> tuple[ModelCard | None, str, bool]:
@@ -310,18 +321,8 @@ class LungSegmenter:
         if channels_last is not None and channels_last != self.precision.channels_last:
             self.precision = Precision(self.precision.name, self.precision.device_type, bool(channels_last))
         self.network = self.precision.prepare_network(self.network)
-        size = int(self.card["image_size"])
-        low, high = self.card["intensity_percentiles"]
-        # Same steps and settings as the bundle's load_image[1], resize_image and normalize_image.
-        self.preprocess = Compose(
-            [
-                ScaleIntensityRangePercentilesd("image", lower=low, upper=high, b_min=0.0, b_max=1.0, clip=True),
-                Resized("image", spatial_size=(size, size), mode="area"),
-                NormalizeIntensityd(
-                    "image", subtrahend=self.card["intensity_mean"], divisor=self.card["intensity_std"]
-                ),
-            ]
-        )
+        # The bundle's load_image[1], resize_image and normalize_image, from one definition.
+        self.preprocess = radiograph_preprocessing(self.card)
         self.resize_to_original = ResizeToOriginal()
 
     @property

@@ -78,7 +78,7 @@ from lungseg_monai.inference.options import (
 )
 from lungseg_monai.inference.predictor import LungSegmenter
 from lungseg_monai.inference.transforms import CleanLungMask
-from lungseg_monai.outputs.atomic import remove_leftover_temporaries
+from lungseg_monai.utils.atomic import remove_leftover_temporaries
 from lungseg_monai.outputs.measurements import read_measurements, write_measurements
 from lungseg_monai.qc.quality import (
     QC_REJECT,
@@ -320,7 +320,8 @@ class _Recorder:
         for name in [n for n in rows if manifest.stale(n, "measurements")]:
             del rows[name]  # made from an input or settings the name's outputs no longer come from
         if rows != self.rows_saved:
-            if _save(summary, self.measurements_file, lambda: bool(write_measurements(rows.values(), self.measurements_file))):
+            target = self.measurements_file
+            if _save(summary, target, lambda: bool(write_measurements(rows.values(), target))):
                 self.rows_saved = dict(rows)
             else:
                 for job in self.recorded:

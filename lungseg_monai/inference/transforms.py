@@ -40,7 +40,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
-from lungseg_monai.data import file_stem
+from lungseg_monai.io import file_stem
 from lungseg_monai.inference.options import DEFAULT_MIN_SIZE_FRACTION, DEFAULT_NUM_COMPONENTS
 from lungseg_monai.outputs import save_png
 

@@ -22,6 +22,7 @@ from lungseg_monai.io.raster import RASTER_SUFFIXES, VOLUME_SUFFIXES, read_raste
 
 __all__ = [
     "Radiograph",
+    "file_stem",
     "read_radiograph",
     "read_mask",
     "check_mask_matches",
@@ -37,6 +38,15 @@ logger = logging.getLogger(__name__)
 # 8192 x 8192 covers every detector on the market with a wide margin.
 DEFAULT_MAX_PIXELS = 8192 * 8192
 SUPPORTED_SUFFIXES = RASTER_SUFFIXES + VOLUME_SUFFIXES + (".dcm", ".dicom")
+
+def file_stem(path: str | os.PathLike) -> str:
+    """Name without folder and suffix; ``a.nii.gz`` -> ``a``."""
+    name = Path(path).name
+    for suffix in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
 
 # Polarity check: in a chest film the mediastinum (central strip) is brighter than the lung fields.
 _MEDIASTINUM_COLS = (0.42, 0.58)

@@ -61,8 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--workdir",
         type=Path,
         default=None,
-        help="fine-tuned models, runs, logs and the PACS cache (default STUDIES/.lungseg_label, or ./.lungseg_label "
-        "for a PACS)",
+        help="fine-tuned models, runs, logs and the PACS cache (default: $XDG_STATE_HOME/lungseg/label/NAME-HASH, "
+        "~/.local/state when unset; never inside STUDIES)",
     )
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: CUDA if available)")
     parser.add_argument(
@@ -136,9 +136,9 @@ def run(args: argparse.Namespace) -> int:
         logger.error("lungseg label: %s", problem)
         return EXIT_MISSING_EXTRA
     from lungseg_monai.label import APP_DIR
-    from lungseg_monai.label.server import DEFAULT_WORKDIR_NAME, is_dicomweb_url
+    from lungseg_monai.label.server import default_workdir, is_dicomweb_url
     from lungseg_monai.io.checkpoint import CheckpointError
-    from lungseg_monai.pacs.dicomweb import check_url
+    from lungseg_monai.dicomweb import check_url
     from lungseg_monai.pretrained import resolve_model
 
     if is_dicomweb_url(args.studies):
@@ -147,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             logger.error("--studies: %s", e)
             return EXIT_BAD_ARGS
-        default_workdir = Path.cwd() / DEFAULT_WORKDIR_NAME
     elif not Path(args.studies).is_dir():
         logger.error(
             "studies folder '%s' does not exist; pass a folder of chest radiographs or a PACS's DICOMweb root "
@@ -163,13 +162,11 @@ def run(args: argparse.Namespace) -> int:
             Path(args.studies) / "images",
         )
         return EXIT_BAD_ARGS
-    else:
-        default_workdir = Path(args.studies) / DEFAULT_WORKDIR_NAME
-        if args.train_on_automatic:
-            logger.warning(
-                "--train-on-automatic has no effect on a folder: its labels are all training labels "
-                "(it applies to the DICOM SEGs of a PACS)"
-            )
+    elif args.train_on_automatic:
+        logger.warning(
+            "--train-on-automatic has no effect on a folder: its labels are all training labels "
+            "(it applies to the DICOM SEGs of a PACS)"
+        )
     try:
         args.model = resolve_model(args.model).resolve()
     except CheckpointError as e:
@@ -181,7 +178,17 @@ def run(args: argparse.Namespace) -> int:
     if args.train_config is not None and not args.train_config.is_file():
         logger.error("training config '%s' does not exist; pass a bundle's configs/train.json", args.train_config)
         return EXIT_BAD_ARGS
-    workdir = (args.workdir or default_workdir).resolve()
+    workdir = (args.workdir or default_workdir(str(args.studies))).resolve()
+    if is_dicomweb_url(str(args.studies)):
+        logger.info("lungseg label keeps its state (models, runs, the DICOMweb cache) in '%s'", workdir)
+    else:
+        logger.info(
+            "lungseg label keeps its state (models, runs) in '%s'; labels you save go to '%s' and MONAI Label "
+            "indexes the folder in '%s' (and '.lock')",
+            workdir,
+            Path(args.studies) / "labels" / "final",
+            Path(args.studies) / "datastore_v2.json",
+        )
     app_dir = workdir / "app"
     app_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(APP_DIR / "main.py", app_dir / "main.py")

@@ -69,7 +69,7 @@ from lungseg_monai.outputs.dicom_header import MANUFACTURER
 from lungseg_monai.outputs.dicom_seg import CONTENT_DESCRIPTION, lung_segment_number, make_lung_seg, read_lung_seg_mask
 from lungseg_monai.outputs.dicom_uids import derived_uid
 from lungseg_monai.outputs.overlay import overlay_contours
-from lungseg_monai.pacs.dicomweb import (
+from lungseg_monai.dicomweb import (
     DicomwebError,
     InstanceRef,
     check_url,

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from lungseg_monai.label.errors import HTTP_BAD_GATEWAY
-from lungseg_monai.pacs.dicomweb import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
+from lungseg_monai.dicomweb import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 
 __all__ = ["FORWARDED_HEADERS", "dicomweb_proxy_router", "install_dicomweb_proxy"]
 

@@ -11,8 +11,7 @@ Configuration (``--conf KEY VALUE`` of ``monailabel start_server``; ``lungseg la
 
 - ``model`` (required): the initial ``models/model.pt`` (its ``model.json`` beside it).
 - ``workdir``: where fine-tuned models, training runs and stats go (and, for a PACS, the DICOMweb
-  cache in ``<workdir>/dicomweb_cache``); default ``<studies>/.lungseg_label``, or
-  ``./.lungseg_label`` for a PACS.
+  cache in ``<workdir>/dicomweb_cache``); default :func:`default_workdir`, outside the studies folder.
 - ``device``: torch device for inference and training; default CUDA when available, else CPU.
 - ``precision``: ``auto`` (default: bf16 on CPUs with bf16 instructions, fp16 AMP on CUDA, else
   fp32), ``fp32``, ``bf16`` or ``fp16``, for inference and fine-tuning.
@@ -30,7 +29,10 @@ Nothing is downloaded: the model, its preprocessing and the training config are 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +54,29 @@ from lungseg_monai.label.errors import ImageNotFoundError
 from lungseg_monai.label.infer import LungSegInferTask
 from lungseg_monai.label.models import ModelStore, ReloadingSegmenter
 from lungseg_monai.label.train import LungSegTrainTask, find_train_config
-from lungseg_monai.pacs.dicomweb import check_url
+from lungseg_monai.dicomweb import check_url
 
-__all__ = ["LungSegLabelApp", "DEFAULT_WORKDIR_NAME", "DICOMWEB_CACHE_NAME", "is_dicomweb_url"]
+__all__ = ["LungSegLabelApp", "DEFAULT_WORKDIR_NAME", "DICOMWEB_CACHE_NAME", "default_workdir", "is_dicomweb_url"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WORKDIR_NAME = ".lungseg_label"
+DEFAULT_WORKDIR_NAME = ".lungseg_label"  # before 2026-12: the default workdir inside the studies folder
+
+
+def default_workdir(studies: str) -> Path:
+    """Where ``lungseg label`` keeps its state for ``studies`` (a folder or a DICOMweb URL) unless told:
+    ``$XDG_STATE_HOME/lungseg/label/<name>-<hash>`` (``~/.local/state`` when unset), one per studies source,
+    never inside the user's image folder or the current directory.
+
+    Example:
+        >>> default_workdir("/data/cxr").parent.name
+        'label'
+    """
+    source = studies if is_dicomweb_url(studies) else str(Path(studies).resolve())
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", source.rstrip("/").rsplit("/", 1)[-1])[:40] or "studies"
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "lungseg" / "label" / f"{name}-{digest}"
 # The DICOMweb datastore's cache, inside the workdir.
 DICOMWEB_CACHE_NAME = "dicomweb_cache"
 
@@ -95,10 +113,7 @@ class LungSegLabelApp(MONAILabelApp):
             raise ValueError("no model given: start the server with --conf model <path to models/model.pt>")
         if is_dicomweb_url(studies):
             studies = check_url(studies)
-            default_workdir = Path.cwd() / DEFAULT_WORKDIR_NAME
-        else:
-            default_workdir = Path(studies) / DEFAULT_WORKDIR_NAME
-        workdir = Path(conf.get("workdir") or default_workdir)
+        workdir = Path(conf.get("workdir") or default_workdir(studies))
         device = conf.get("device") or None
         precision = conf.get("precision") or DEFAULT_PRECISION
         resolve_precision(precision, device)  # an unknown name fails at start, not at the first request

@@ -23,8 +23,9 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 import lungseg_monai
-from lungseg_monai.data import check_pair, file_stem, split_datalist
-from lungseg_monai.inference import read_model_card
+from lungseg_monai.data import check_pair, split_datalist
+from lungseg_monai.io import file_stem
+from lungseg_monai.inference.predictor import MODEL_CARD_KEYS, read_model_card
 from lungseg_monai.inference.options import DEFAULT_PRECISION
 from lungseg_monai.io.checkpoint import load_network_weights
 from lungseg_monai.label.errors import BadRequestError
@@ -160,13 +161,8 @@ def fine_tune(
     overrides: dict[str, Any] = {
         "bundle_root": str(run_dir),
         "datalists": {k: list(v) for k, v in splits.items()},
-        "backbone": card["backbone"],
-        "decoder_channels": list(card["decoder_channels"]),
-        "intensity_percentiles": list(card["intensity_percentiles"]),
-        "intensity_mean": card["intensity_mean"],
-        "intensity_std": card["intensity_std"],
+        **{key: card[key] for key in MODEL_CARD_KEYS},  # the base model's preprocessing and network shape
         "image_size": int(params["image_size"]) or int(card["image_size"]),
-        "threshold": card["threshold"],
         "pretrained": False,
         "resume": False,
         "max_epochs": int(params["max_epochs"]),

@@ -5,7 +5,7 @@ DICOM SEG writing lives in :mod:`lungseg_monai.outputs.dicom_seg` (imports highd
 
 from __future__ import annotations
 
-from lungseg_monai.outputs.atomic import atomic_path, save_png
+from lungseg_monai.utils.atomic import atomic_path, save_png
 from lungseg_monai.outputs.measurements import (
     MEASUREMENT_COLUMNS,
     measure_lungs,

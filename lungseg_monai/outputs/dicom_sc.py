@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from lungseg_monai import __version__
-from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.utils.atomic import atomic_path
 from lungseg_monai.outputs.dicom_header import MANUFACTURER, MODEL_NAME, patient_study_header, read_source_header
 
 __all__ = ["SC_SERIES_DESCRIPTION", "SC_SERIES_NUMBER", "burned_in_annotation", "make_overlay_sc", "save_overlay_sc"]

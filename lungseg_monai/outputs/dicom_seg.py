@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from lungseg_monai import __version__
-from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.utils.atomic import atomic_path
 from lungseg_monai.outputs.dicom_header import MANUFACTURER, MODEL_NAME, patient_study_header
 from lungseg_monai.qc.quality import QC_REJECT, QC_REVIEW, QC_UNAVAILABLE, QCResult
 

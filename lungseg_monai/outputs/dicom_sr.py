@@ -48,7 +48,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from lungseg_monai import __version__
-from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.utils.atomic import atomic_path
 from lungseg_monai.outputs.dicom_header import MANUFACTURER, MODEL_NAME, patient_study_header, read_source_header
 from lungseg_monai.outputs.dicom_seg import ANATOMICAL_STRUCTURE, LUNG, LUNG_SEGMENT_LABEL
 from lungseg_monai.outputs.dicom_uids import derived_uid

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lungseg_monai.io.geometry import ImageGeometry
-from lungseg_monai.outputs.atomic import atomic_path, save_png
+from lungseg_monai.utils.atomic import atomic_path, save_png
 from lungseg_monai.outputs.nifti import NIFTI_SUFFIXES, save_nifti_mask
 
 __all__ = ["LABEL_MAP_SUFFIXES", "save_label_map"]

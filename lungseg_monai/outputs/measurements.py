@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from lungseg_monai.io.reader import Radiograph
-from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.utils.atomic import atomic_path
 
 __all__ = [
     "ASSUMED_LATERALITY",

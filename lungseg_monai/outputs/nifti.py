@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from lungseg_monai.io.geometry import ImageGeometry
-from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.utils.atomic import atomic_path
 
 __all__ = ["NIFTI_SUFFIX", "NIFTI_SUFFIXES", "save_nifti_mask"]
 

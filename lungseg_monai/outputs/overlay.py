@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from lungseg_monai.outputs.atomic import save_png
+from lungseg_monai.utils.atomic import save_png
 
 __all__ = ["to_display_uint8", "mask_contour", "overlay_contours", "save_overlay"]
 

@@ -29,7 +29,7 @@ import torch
 from lungseg_monai.inference.discovery import classify_dicom, read_dicom_header
 from lungseg_monai.inference.predictor import LungSegmenter, QCForward
 from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
-from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.utils.atomic import atomic_path
 from lungseg_monai.outputs.dicom_sc import make_overlay_sc
 from lungseg_monai.outputs.dicom_seg import make_lung_seg, qc_content_description
 from lungseg_monai.outputs.dicom_sr import make_lung_sr

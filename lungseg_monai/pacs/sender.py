@@ -53,7 +53,7 @@ ASSOCIATION_ACCEPTED, REJECTED_PERMANENT, REJECTED_TRANSIENT = 0, 1, 2
 # HTTP 4xx answers that do not refuse the files: credentials, a wrong URL, a timeout, a rate limit.
 # Any other 4xx means the server understood the request and refused it.
 HTTP_NOT_A_REFUSAL = frozenset({401, 403, 404, 408, 429})
-# How lungseg_monai.pacs.dicomweb.stow words a server's answer: "answered HTTP 409 Conflict to ...".
+# How lungseg_monai.dicomweb.stow words a server's answer: "answered HTTP 409 Conflict to ...".
 _HTTP_ANSWER = re.compile(r"answered HTTP (\d{3})\b")
 _STOW_REFUSALS = ("refused by the server", "not a readable DICOM file", "the server's STOW-RS answer does not list")
 # The wait of the sending thread when nothing is due (it also wakes when new results are queued).
@@ -145,7 +145,7 @@ def send_dicom(destination: Destination, paths: Sequence[Path], calling_aet: str
 
 
 def stow_answer_is_refusal(reason: str) -> bool:
-    """True when a STOW-RS failure reason (:class:`~lungseg_monai.pacs.dicomweb.StowResult`) refuses the file.
+    """True when a STOW-RS failure reason (:class:`~lungseg_monai.dicomweb.StowResult`) refuses the file.
 
     A Failed SOP Sequence item, an unreadable file and an HTTP 4xx other than
     :data:`HTTP_NOT_A_REFUSAL` are refusals; a connection error, a timeout, HTTP 5xx, 401, 403,
@@ -166,7 +166,7 @@ def send_stow(destination: Destination, paths: Sequence[Path]) -> None:
             HTTP 5xx (and 401, 403, 404, 408, 429), with ``refused`` for files the server refused
             (:func:`stow_answer_is_refusal`).
     """
-    from lungseg_monai.pacs.dicomweb import DicomwebError, stow
+    from lungseg_monai.dicomweb import DicomwebError, stow
 
     try:
         result = stow(destination.url, list(paths))

@@ -70,7 +70,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lungseg_monai.outputs.atomic import atomic_path, fsync_path
+from lungseg_monai.utils.atomic import atomic_path, fsync_path
 
 __all__ = [
     "LEDGER_EVENTS",

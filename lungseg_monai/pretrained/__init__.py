@@ -3,7 +3,7 @@
 Each shipped model is a folder here holding ``model.pt`` (fp16 state dict, loaded with
 ``weights_only``) and ``model.json`` (its model card: preprocessing, QC calibration bound to the
 weights' hash, and an ``about`` section with data, licences and test figures that
-:func:`lungseg_monai.pretrained.card.render_card` turns into the card users read).
+:func:`lungseg_monai.modelcards.card.render_card` turns into the card users read).
 
 ``--model`` of ``lungseg infer``/``node``/``label`` and the bundle's ``inference.json`` take a
 shipped name or a path; without one they use :data:`DEFAULT_MODEL`. Training never writes here

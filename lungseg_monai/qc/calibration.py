@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import Resize
 from scipy.stats import spearmanr
 
 from lungseg_monai.io import read_mask, read_radiograph
 from lungseg_monai.qc.mask import DEFAULT_TTA_METHOD, dice, feature_ranges, mask_features
 from lungseg_monai.qc.ood import FeatureDistribution
 from lungseg_monai.qc.quality import CALIBRATION_VERSION, REVIEW_BELOW, ScoreModel, out_of_range
+from lungseg_monai.transforms import network_resize
 
 __all__ = ["OOD_MARGIN", "QC_CARD_KEY", "SCORE_FEATURES", "calibrate"]
 
@@ -105,7 +105,7 @@ def review_limit(scores: Sequence[float], dices: Sequence[float]) -> float:
 
 def _grid_mask(label: np.ndarray, size: int) -> np.ndarray:
     """A full-resolution reference mask on the network grid (area resize, then half-way threshold)."""
-    resized = Resize((size, size), mode="area")(torch.from_numpy(label[None].astype(np.float32)))
+    resized = network_resize("label", size)({"label": torch.from_numpy(label[None].astype(np.float32))})["label"]
     return (np.asarray(resized[0]) >= 0.5).astype(np.uint8)
 
 

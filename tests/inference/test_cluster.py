@@ -155,3 +155,17 @@ def test_ray_options_need_ray_and_a_model_file(tmp_path: Path) -> None:
     require_ray()
     with pytest.raises(ValueError, match="not a LungSegmenter"):
         segment_files([SAMPLES[0]], tmp_path / "o", LungSegmenter.from_model("vgg16"), cluster=ClusterOptions())
+
+
+def test_jobs_and_outcomes_travel_as_json_and_come_back_equal(tmp_path: Path) -> None:
+    from lungseg_monai.inference.discovery import InferenceInput
+    from lungseg_monai.inference.execute import SEGMENTED, FilmOutcome, Job
+    from lungseg_monai.qc.quality import QCResult
+
+    item = InferenceInput(tmp_path / "a b.dcm", "1.2.3", True, "1.2", "1.2.9")
+    job = Job(item, {"mask": tmp_path / "masks" / "1.2.3.png"}, True, tmp_path / "dicomseg" / "1.2.3.dcm")
+    again = Job.from_json(job.to_json())
+    assert (again.item, again.targets, again.measure, again.seg_kept) == (job.item, job.targets, True, job.seg_kept)
+    qc = QCResult("review", 0.91, ("estimated Dice 0.91 < 0.94",), {"soft_dice": 0.97})
+    outcome = FilmOutcome("1.2.3", item.path, SEGMENTED, "", [job.targets["mask"]], ["mask"], qc, {"name": "1.2.3"})
+    assert FilmOutcome.from_json(outcome.to_json()) == outcome

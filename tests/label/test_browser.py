@@ -280,7 +280,7 @@ def test_a_models_seg_of_a_film_no_person_labelled_is_shown_as_the_models_not_a_
 
     from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg
     from lungseg_monai.outputs.dicom_uids import ResultUIDs
-    from lungseg_monai.pacs.dicomweb import stow
+    from lungseg_monai.dicomweb import stow
     from lungseg_monai.qc.quality import QC_REVIEW, QCResult
 
     browser = session.browser

@@ -63,3 +63,18 @@ def test_label_names_the_images_folder_of_a_training_dataset(tmp_path: Path, cap
         assert main(["label", "--studies", str(tmp_path)]) == 2
     assert f"pass --studies '{tmp_path / 'images'}'" in caplog.text
     assert not (tmp_path / ".lungseg_label").exists()
+
+
+def test_the_default_workdir_is_outside_the_studies_folder_and_per_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("monailabel", reason="the label extra is not installed")
+    from lungseg_monai.label.server import default_workdir
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    studies = tmp_path / "films"
+    first, again = default_workdir(str(studies)), default_workdir(str(studies) + "/")
+    assert first == again and first.parent == tmp_path / "state" / "lungseg" / "label"
+    assert first.name.startswith("films-") and studies not in first.parents
+    url = default_workdir("http://127.0.0.1:8042/dicom-web")
+    assert url.parent == first.parent and url != first and Path.cwd() not in url.parents

@@ -26,7 +26,7 @@ from pacs_tools import chest_instances, stow_model_seg  # noqa: E402
 
 from lungseg_monai.io import read_mask  # noqa: E402
 from lungseg_monai.label.dicomweb_datastore import DicomwebDatastore, SegLabel  # noqa: E402
-from lungseg_monai.pacs.dicomweb import InstanceRef  # noqa: E402
+from lungseg_monai.dicomweb import InstanceRef  # noqa: E402
 from lungseg_monai.qc.quality import QC_PASS, QC_REJECT, QC_REVIEW, QCResult  # noqa: E402
 
 SIDE = 128

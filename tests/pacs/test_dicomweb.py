@@ -23,8 +23,8 @@ from pydicom.uid import generate_uid
 
 from lungseg_monai.cli import main
 from lungseg_monai.inference.cli import DICOMWEB_CACHE, EXIT_FAILED, EXIT_OK, EXIT_STOW
-from lungseg_monai.pacs import dicomweb
-from lungseg_monai.pacs.dicomweb import DicomwebError, InstanceRef, retrieve_instances, search_instances, stow
+from lungseg_monai import dicomweb
+from lungseg_monai.dicomweb import DicomwebError, InstanceRef, retrieve_instances, search_instances, stow
 
 CT_SMALL = Path(get_testdata_file("CT_small.dcm"))
 MR_SMALL = Path(get_testdata_file("MR_small.dcm"))
@@ -263,7 +263,7 @@ def test_stow_failure_exits_with_its_own_code(
         (["--dicomweb", "http://127.0.0.1:9/d", "--date", "20240201-20240101"], "ends before it starts"),
         (["--dicomweb", "http://127.0.0.1:9/d", "--modality", "CR;DX"], "is not a list of DICOM modalities"),
         (["--dicomweb", "http://127.0.0.1:9/d", "--query", "Modality=CR", "--modality", "DX"], "given by both"),
-        ([], "nothing to segment: give INPUT files or folders, or --dicomweb URL with --study UID"),
+        ([], "nothing to segment: give INPUT files or folders, --from-list LIST, or --dicomweb URL with --study UID"),
     ],
     ids=[
         "no-query", "no-server", "bad-url", "stow-without-seg", "bad-date", "reversed-dates", "bad-modality",

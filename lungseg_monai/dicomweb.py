@@ -28,7 +28,7 @@ from dicomweb_client.api import DICOMwebClient
 from retrying import RetryError  # dicomweb-client's retry library
 from pydicom.datadict import tag_for_keyword
 
-from lungseg_monai.outputs.atomic import atomic_path
+from lungseg_monai.utils.atomic import atomic_path
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -278,6 +278,8 @@ def search_instances(
     fields = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality"]
     found: dict[str, InstanceRef] = {}
     offset = 0
+    # Paged here rather than with dicomweb-client's get_remaining=True: that loop (0.59) stops only on an
+    # empty page, so a server that ignores ``offset`` and answers every page alike would never end.
     while True:
         try:
             page = client.search_for_instances(

@@ -54,7 +54,7 @@ def describe(model: str) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     from lungseg_monai.io.checkpoint import CheckpointError
     from lungseg_monai.pretrained import DEFAULT_MODEL, shipped_models
-    from lungseg_monai.pretrained.card import render_card
+    from lungseg_monai.modelcards.card import render_card
 
     try:
         if args.card is not None:

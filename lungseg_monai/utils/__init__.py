@@ -1,0 +1,1 @@
+"""Utilities every layer uses: atomic file writing (:mod:`lungseg_monai.utils.atomic`)."""
