@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pydicom
 import torch
 
 from lungseg_monai.inference.discovery import InferenceInput, read_dicom_header
@@ -26,12 +24,12 @@ from lungseg_monai.inference.layout import DICOM_FORMATS, output_path
 from lungseg_monai.inference.predictor import LungSegmenter, QCForward
 from lungseg_monai.inference.transforms import mask_to_uint8_2d
 from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
-from lungseg_monai.outputs import overlay_contours, save_overlay, save_png
-from lungseg_monai.outputs.dicom_uids import ResultUIDs
+from lungseg_monai.outputs import save_overlay, save_png
+from lungseg_monai.outputs.dicom_results import DicomResultTargets, seg_withheld, write_dicom_results
 from lungseg_monai.outputs.measurements import measure_radiograph
 from lungseg_monai.outputs.nifti import save_nifti_mask
 from lungseg_monai.qc.input import ImplausibleInputError, ensure_plausible
-from lungseg_monai.qc.quality import QC_REJECT, QCResult
+from lungseg_monai.qc.quality import QCResult
 
 __all__ = [
     "FAILED",
@@ -159,11 +157,6 @@ class FilmOutcome:
                    data["row"])  # fmt: skip
 
 
-def seg_withheld(status: str, write_rejected: bool) -> bool:
-    """True when a mask with this QC status gets no DICOM SEG."""
-    return status == QC_REJECT and not write_rejected
-
-
 def withhold_seg(job: Job, options: RunOptions, reason: str) -> None:
     """No SEG for this job's input: remove one an earlier run left under its name (another model's, other
     settings', or a ``write_rejected`` run's), whatever formats this run writes, so that it is never kept,
@@ -200,72 +193,34 @@ def _write_outputs(
     row = measure_radiograph(mask, radiograph, job.item.name) if job.measure or "dicomsr" in job.targets else None
     if row is not None:
         row.update(qc.as_row())
-    dicom_wanted = any(fmt in DICOM_FORMATS for fmt in job.targets)
-    # The reader's own header reader (force=True): files without preamble and file meta (ACR-NEMA
-    # style, old archives) were read for the mask and must get their DICOM results too.
-    source = read_dicom_header(job.item.path) if dicom_wanted else None
-    seg = job.seg_kept
     written, produced = [], []
     for fmt, target in job.targets.items():
-        if fmt == "dicomseg" and seg_withheld(qc.status, options.write_rejected):
-            logger.warning("'%s': no DICOM SEG, QC rejects the mask (%s)", job.item.path, qc.reasons_text())
-            produced.append(fmt)
-            continue
         if fmt == "mask":
             save_png(mask_to_uint8_2d(mask), target)
         elif fmt == "overlay":
             save_overlay(radiograph.pixels, mask, target)
         elif fmt == "nifti":
             save_nifti_mask(mask, target, radiograph.geometry)
-        elif source is not None:
-            identity = segmenter.identity
-            _write_dicom(fmt, target, job.item.path, source, identity, options, mask, radiograph, qc, row, seg)
-            if fmt == "dicomseg":
-                seg = target  # the SR of this job references it
+        else:
+            continue
         written.append(target)
         produced.append(fmt)
-    return written, produced, row if job.measure else None, qc
-
-
-def _write_dicom(
-    fmt: str,
-    target: Path,
-    source_path: Path,
-    source: pydicom.Dataset,
-    identity: str,
-    options: RunOptions,
-    mask: np.ndarray,
-    radiograph: Radiograph,
-    qc: QCResult,
-    row: dict[str, Any] | None,
-    seg: Path | None,
-) -> None:
-    """Write the ``dicomseg``, ``dicomsr`` or ``dicomsc`` result of a DICOM input.
-
-    Its UIDs derive from the source's, the model identity and the settings (:class:`ResultUIDs`):
-    the same in every run with these settings, so resending a result to a PACS never makes a
-    second object, and other settings never reuse a UID for other content. The SR references
-    ``seg`` when there is one. highdicom is imported here, only when DICOM results are asked for.
-    """
-    uids = ResultUIDs.for_source(source, identity, options.settings)
-    if fmt == "dicomseg":
-        from lungseg_monai.outputs.dicom_seg import qc_content_description, save_lung_seg
-
-        description = qc_content_description(qc)
-        save_lung_seg(
-            mask, source_path, target, uids.seg_series_uid, identity, description, sop_instance_uid=uids.seg_sop_uid
+    if any(fmt in DICOM_FORMATS for fmt in job.targets):
+        # The reader's own header reader (force=True): files without preamble and file meta (ACR-NEMA
+        # style, old archives) were read for the mask and must get their DICOM results too.
+        source = read_dicom_header(job.item.path)
+        targets = DicomResultTargets(
+            job.targets.get("dicomseg"), job.targets.get("dicomsr"), job.targets.get("dicomsc"), job.seg_kept
         )
-    elif fmt == "dicomsr":
-        from lungseg_monai.outputs.dicom_sr import save_lung_sr
-
-        save_lung_sr(source, target, seg, row or {}, qc, identity, uids.sr_series_uid, uids.sr_sop_uid)
-    elif fmt == "dicomsc":
-        from lungseg_monai.outputs.dicom_sc import save_overlay_sc
-
-        overlay = overlay_contours(radiograph.pixels, mask)
-        save_overlay_sc(source, target, overlay, identity, uids.sc_series_uid, uids.sc_sop_uid)
-    else:
-        raise ValueError(f"unknown DICOM output format {fmt!r}; expected one of {', '.join(DICOM_FORMATS)}")
+        results = write_dicom_results(
+            source, job.item.path, mask, radiograph, qc, row or {}, segmenter.identity, options.settings, targets
+        )
+        for fmt in DICOM_FORMATS:
+            if fmt in results:
+                produced.append(fmt)  # a withheld SEG too: decided, without a file
+                if results[fmt] is not None:
+                    written.append(results[fmt])
+    return written, produced, row if job.measure else None, qc
 
 
 def _reason(error: BaseException) -> str:

@@ -29,16 +29,11 @@ import torch
 from lungseg_monai.inference.discovery import classify_dicom, read_dicom_header
 from lungseg_monai.inference.predictor import LungSegmenter, QCForward
 from lungseg_monai.io import Radiograph, RadiographReadError, read_radiograph
-from lungseg_monai.utils.atomic import atomic_path
-from lungseg_monai.outputs.dicom_sc import make_overlay_sc
-from lungseg_monai.outputs.dicom_seg import make_lung_seg, qc_content_description
-from lungseg_monai.outputs.dicom_sr import make_lung_sr
-from lungseg_monai.outputs.dicom_uids import ResultUIDs
+from lungseg_monai.outputs.dicom_results import DicomResultTargets, write_dicom_results
 from lungseg_monai.outputs.measurements import measure_radiograph
-from lungseg_monai.outputs.overlay import overlay_contours
 from lungseg_monai.pacs.spool import Spool
 from lungseg_monai.qc.input import ImplausibleInputError, ensure_plausible
-from lungseg_monai.qc.quality import QC_REJECT, QCResult
+from lungseg_monai.qc.quality import QCResult
 
 __all__ = ["InstanceProcessor", "Prepared"]
 
@@ -150,37 +145,16 @@ class InstanceProcessor:
         )
 
     def write_results(self, item: Prepared, mask: np.ndarray, qc: QCResult) -> list[Path]:
-        """Write the SEG, SR and overlay SC of one instance to ``results/SOP/``; returns the files."""
-        identity = self.segmenter.identity
-        uids = ResultUIDs.for_source(item.header, identity, self.segmenter.result_settings(self.write_rejected_seg))
+        """Write the SEG, SR and overlay SC of one instance to ``results/SOP/``, as ``lungseg infer`` writes
+        them (:func:`~lungseg_monai.outputs.dicom_results.write_dicom_results`); returns the files."""
         folder = self.spool.results_dir(item.sop)
-        files = []
-        seg = None
-        if qc.status != QC_REJECT or self.write_rejected_seg:
-            seg = make_lung_seg(
-                mask,
-                item.header,
-                series_instance_uid=uids.seg_series_uid,
-                algorithm_version=identity,
-                source_size_bytes=item.path.stat().st_size,
-                sop_instance_uid=uids.seg_sop_uid,
-                content_description=qc_content_description(qc),
-            )
-            files.append(_save(seg, folder / "seg.dcm"))
-        else:  # an earlier copy of this instance may have left a SEG here: never send it under this verdict
-            (folder / "seg.dcm").unlink(missing_ok=True)
+        targets = DicomResultTargets(folder / "seg.dcm", folder / "sr.dcm", folder / "sc.dcm" if self.overlay else None)
+        settings = self.segmenter.result_settings(self.write_rejected_seg)
         measurements = measure_radiograph(mask, item.radiograph, item.sop)
-        sr = make_lung_sr(item.header, seg, measurements, qc, identity, uids.sr_series_uid, uids.sr_sop_uid)
-        files.append(_save(sr, folder / "sr.dcm"))
-        if self.overlay:
-            rgb = overlay_contours(item.radiograph.pixels, mask)
-            sc = make_overlay_sc(item.header, rgb, identity, uids.sc_series_uid, uids.sc_sop_uid)
-            files.append(_save(sc, folder / "sc.dcm"))
-        return files
+        results = write_dicom_results(
+            item.header, item.path, mask, item.radiograph, qc, measurements, self.segmenter.identity, settings,
+            targets, durable=True,
+        )  # fmt: skip
+        return [path for path in results.values() if path is not None]
 
 
-def _save(dataset: pydicom.Dataset, target: Path) -> Path:
-    """Write a result durably: it must outlive the spooled instance it replaces."""
-    with atomic_path(target, durable=True) as tmp:
-        dataset.save_as(str(tmp))
-    return target
