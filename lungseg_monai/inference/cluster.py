@@ -9,8 +9,9 @@ on its shard: it reads the films, runs the network and writes every output itsel
 streams back to the driver, which records it (measurements, manifest, QC summary) as it arrives. Jobs
 and outcomes travel as JSON (:meth:`Job.to_json`, :meth:`FilmOutcome.to_json`), never as pickles.
 
-Faults: Ray restarts an actor whose process or node died and retries its shard (Ray Data's
-defaults for actor pools: ``max_restarts=-1``, ``max_task_retries=-1``). A retried shard writes the
+Faults: Ray restarts an actor whose process or node died and retries its shard, up to
+:data:`TASK_RETRIES` times; a shard that fails more often (a film that kills every worker that reads
+it) is reported as failed films, named, while the other shards go on. A retried shard writes the
 same content under the same names, atomically, so no film ends with two sets of outputs; the
 temporary files a killed writer left are removed at the end of the run
 (:func:`~lungseg_monai.utils.atomic.remove_leftover_temporaries`). A film that cannot be read or
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungseg_monai.inference.execute import FilmOutcome, FilmPipeline, Job, RunOptions
+from lungseg_monai.inference.execute import FAILED, FilmOutcome, FilmPipeline, Job, RunOptions
 from lungseg_monai.inference.predictor import LungSegmenter
 from lungseg_monai.pretrained import resolve_model
 
@@ -47,6 +48,10 @@ logger = logging.getLogger(__name__)
 # --ray without an address: start a Ray instance on this machine for the run, and stop it after.
 LOCAL = "local"
 FILMS_PER_TASK = 32
+# A task whose worker died (killed, out of memory, node lost) is redone on a restarted actor this many
+# times; then its films are reported failed and the other tasks go on (a film that kills every worker
+# that reads it must not hold the run forever).
+TASK_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,25 @@ class FilmWorker:
         return {"outcome": np.array([outcomes[job.item.name] for job in jobs], dtype=object)}
 
 
+def _settings_error(error: BaseException) -> str | None:
+    """The message of a :class:`WorkerSettingsError` that Ray wrapped (an actor that refused to start), or None."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, WorkerSettingsError):
+            return str(current)
+        text = str(current)
+        if "WorkerSettingsError" in text:
+            tail = text.split("WorkerSettingsError:", 1)[-1].strip()
+            return tail.splitlines()[0] if tail else text
+        pending += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+    return None
+
+
 def _import_ray() -> Any:
     """``ray`` and ``ray.data``, or SystemExit naming the extra to install."""
     from lungseg_monai.extras import EXIT_MISSING_EXTRA, missing_extra
@@ -198,6 +222,7 @@ def run_on_cluster(
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's own bar counts films
+        context.max_errored_blocks = -1  # a shard that keeps failing is reported below; the others go on
         actors, cpus, gpus, device = _pool(ray, cluster)
         logger.info(
             "Ray cluster %s: %d actor(s), %g CPU(s)%s each, %d film(s) per task",
@@ -227,15 +252,28 @@ def run_on_cluster(
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cpus,
             num_gpus=gpus,
+            max_restarts=-1,
+            max_task_retries=TASK_RETRIES,
         )
         by_name = {job.item.name: job for job in jobs}
         seen: set[str] = set()
-        for row in dataset.iter_rows():
-            outcome = FilmOutcome.from_json(str(row["outcome"]))
-            if outcome.name in seen:  # a retried shard's film reported twice: recorded once
-                continue
-            seen.add(outcome.name)
-            on_done(by_name[outcome.name], outcome)
+        failure = f"its Ray task failed {TASK_RETRIES + 1} times (the worker died or raised; see the Ray logs)"
+        try:
+            for row in dataset.iter_rows():
+                outcome = FilmOutcome.from_json(str(row["outcome"]))
+                if outcome.name in seen:  # a retried shard's film reported twice: recorded once
+                    continue
+                seen.add(outcome.name)
+                on_done(by_name[outcome.name], outcome)
+        except Exception as e:  # noqa: BLE001 - the cluster gave up: the films it did not finish fail, named
+            settings = _settings_error(e)
+            if settings is not None:
+                raise WorkerSettingsError(settings) from e
+            failure = f"the Ray run stopped ({type(e).__name__}: {str(e).splitlines()[0][:300]})"
+            logger.error("--ray: %s; %d film(s) not done", failure, len(jobs) - len(seen))
+        for job in jobs:
+            if job.item.name not in seen:
+                on_done(job, FilmOutcome(job.item.name, job.item.path, FAILED, failure))
     finally:
         if started:
             ray.shutdown()

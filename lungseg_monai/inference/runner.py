@@ -254,7 +254,8 @@ def _save(summary: InferenceSummary, path: Path, save: Callable[[], bool]) -> bo
     try:
         wrote = save()
     except OSError as e:
-        summary.failed.append(SkippedInput(path, f"cannot be written ({e})"))
+        if not any(s.path == path for s in summary.failed):  # a file saved now and then is reported once
+            summary.failed.append(SkippedInput(path, f"cannot be written ({e})"))
         logger.error("'%s': cannot be written (%s)", path, e)
         return False
     if wrote and path not in summary.written:
@@ -313,8 +314,13 @@ class _Recorder:
         if time.monotonic() - self.last_save >= self.save_every:
             self.save()
 
-    def save(self) -> None:
-        """Write ``measurements.csv`` (if its rows changed) and then the manifest, atomically."""
+    def save(self, final: bool = False) -> None:
+        """Write ``measurements.csv`` (if its rows changed) and then the manifest, atomically.
+
+        When the CSV cannot be written the manifest is not saved either (it would vouch for rows that are
+        not on disk) and the rows wait for the next save; at the ``final`` save, the names whose rows could
+        not be written lose their ``measurements`` in the manifest, so a rerun redoes them.
+        """
         started = time.monotonic()
         summary, manifest, rows = self.summary, self.manifest, self.rows
         for name in [n for n in rows if manifest.stale(n, "measurements")]:
@@ -323,10 +329,14 @@ class _Recorder:
             target = self.measurements_file
             if _save(summary, target, lambda: bool(write_measurements(rows.values(), target))):
                 self.rows_saved = dict(rows)
+            elif not final:
+                self.last_save = time.monotonic()
+                return
             else:
                 for job in self.recorded:
-                    if job.measure:
-                        manifest.forget(job.item.name, ["measurements"])
+                    name = job.item.name
+                    if job.measure and self.rows_saved.get(name) != rows.get(name):
+                        manifest.forget(name, ["measurements"])
         _save(summary, manifest.path, manifest.save)
         self.last_save = time.monotonic()
         self.save_every = max(SAVE_EVERY_S, (self.last_save - started) / SAVE_SHARE)
@@ -404,7 +414,7 @@ def segment_files(
         if isinstance(model, LungSegmenter):
             raise ValueError("a Ray run needs the model as a file or a shipped model's name, not a LungSegmenter")
         # Workers run elsewhere: every path they get is absolute.
-        output_dir, inputs = output_dir.resolve(), [Path(p).resolve() for p in inputs]
+        output_dir, inputs = Path(os.path.abspath(output_dir)), [Path(os.path.abspath(p)) for p in inputs]
     segmenter = (
         model
         if isinstance(model, LungSegmenter)
@@ -471,7 +481,10 @@ def segment_files(
                 pipeline.close()
     finally:
         recorder.close()
+        recorder.save(final=True)
         # A run or worker killed mid-write leaves temporary files beside the outputs it was writing.
-        remove_leftover_temporaries(path for job in jobs for path in job.targets.values())
-        recorder.save()
+        try:
+            remove_leftover_temporaries(path for job in jobs for path in job.targets.values())
+        except OSError as e:
+            logger.warning("temporary files of interrupted writes in '%s' not removed: %s", output_dir, e)
     return summary

@@ -66,12 +66,17 @@ DEFAULT_WORKDIR_NAME = ".lungseg_label"  # before 2026-12: the default workdir i
 def default_workdir(studies: str) -> Path:
     """Where ``lungseg label`` keeps its state for ``studies`` (a folder or a DICOMweb URL) unless told:
     ``$XDG_STATE_HOME/lungseg/label/<name>-<hash>`` (``~/.local/state`` when unset), one per studies source,
-    never inside the user's image folder or the current directory.
+    never inside the user's image folder or the current directory; except that the ``.lungseg_label`` folder
+    an earlier version made there (in the studies folder, or the current directory for a PACS) is kept in use.
 
     Example:
         >>> default_workdir("/data/cxr").parent.name
         'label'
     """
+    legacy = (Path.cwd() if is_dicomweb_url(studies) else Path(studies)) / DEFAULT_WORKDIR_NAME
+    if legacy.is_dir():  # an earlier version's state (fine-tuned models, runs): keep using it
+        logger.warning("using the workdir an earlier lungseg label left in '%s' (pass --workdir to move it)", legacy)
+        return legacy
     source = studies if is_dicomweb_url(studies) else str(Path(studies).resolve())
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", source.rstrip("/").rsplit("/", 1)[-1])[:40] or "studies"

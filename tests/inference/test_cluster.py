@@ -169,3 +169,19 @@ def test_jobs_and_outcomes_travel_as_json_and_come_back_equal(tmp_path: Path) ->
     qc = QCResult("review", 0.91, ("estimated Dice 0.91 < 0.94",), {"soft_dice": 0.97})
     outcome = FilmOutcome("1.2.3", item.path, SEGMENTED, "", [job.targets["mask"]], ["mask"], qc, {"name": "1.2.3"})
     assert FilmOutcome.from_json(outcome.to_json()) == outcome
+
+
+def test_a_worker_settings_error_is_found_inside_rays_wrappers() -> None:
+    from lungseg_monai.inference.cluster import WorkerSettingsError, _settings_error
+
+    inner = WorkerSettingsError("the worker on node2 would make outputs under other settings (precision ...)")
+    try:
+        try:
+            raise inner
+        except WorkerSettingsError as e:
+            raise RuntimeError("ActorDiedError: the actor died in its constructor") from e
+    except RuntimeError as wrapped:
+        assert _settings_error(wrapped) == str(inner)
+    text = RuntimeError("ray.exceptions.RayTaskError: ...\nWorkerSettingsError: the worker on n1 would make outputs")
+    assert _settings_error(text) == "the worker on n1 would make outputs"
+    assert _settings_error(RuntimeError("node lost")) is None

@@ -78,3 +78,14 @@ def test_the_default_workdir_is_outside_the_studies_folder_and_per_source(
     assert first.name.startswith("films-") and studies not in first.parents
     url = default_workdir("http://127.0.0.1:8042/dicom-web")
     assert url.parent == first.parent and url != first and Path.cwd() not in url.parents
+
+
+def test_an_earlier_versions_workdir_in_the_studies_folder_stays_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("monailabel", reason="the label extra is not installed")
+    from lungseg_monai.label.server import DEFAULT_WORKDIR_NAME, default_workdir
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "films" / DEFAULT_WORKDIR_NAME / "models").mkdir(parents=True)
+    assert default_workdir(str(tmp_path / "films")) == tmp_path / "films" / DEFAULT_WORKDIR_NAME
