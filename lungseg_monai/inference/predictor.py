@@ -453,7 +453,12 @@ class LungSegmenter:
         if encoder_of(self.network) is None:
             return QCForward(self.forward(batch))
         batch = batch.to(self.device)
-        if tta and tta_method == "features" and hasattr(self.network, "decode"):
+        if tta and tta_method == "features" and not hasattr(self.network, "decode"):
+            raise ValueError(
+                f"QC's feature agreement check needs a LungUNet (encode/decode); {type(self.network).__name__} has "
+                "none: calibrate this model with tta_method 'input'"
+            )
+        if tta and tta_method == "features":
             with bottleneck_features(self.network) as features:
                 logits = self.precision.run(self._decode_twice, batch)
             probabilities = torch.sigmoid(logits).contiguous()
