@@ -155,13 +155,23 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_BAD_ARGS
     elif _training_style(Path(args.studies)):
-        logger.error(
-            "studies folder '%s' holds no image itself but an images/ folder (a training dataset): pass --studies "
-            "'%s'; its masks/ are not read as labels (label them in the app, or train on them with the bundle)",
-            args.studies,
-            Path(args.studies) / "images",
+        from lungseg_monai.label.datastore import import_training_masks
+        from lungseg_monai.label.errors import BadRequestError
+
+        folder = Path(args.studies)
+        try:
+            imported, unlabelled = import_training_masks(folder)
+        except (BadRequestError, FileNotFoundError, ValueError) as e:
+            logger.error("training dataset '%s': its masks cannot be served as labels: %s", folder, e)
+            return EXIT_BAD_ARGS
+        logger.info(
+            "training dataset '%s': serving its images/ with %d mask(s) from masks/ newly saved as final labels "
+            "(%d image(s) without a mask)",
+            folder,
+            imported,
+            unlabelled,
         )
-        return EXIT_BAD_ARGS
+        args.studies = str(folder / "images")
     elif args.train_on_automatic:
         logger.warning(
             "--train-on-automatic has no effect on a folder: its labels are all training labels "

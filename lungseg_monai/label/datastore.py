@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lungseg_monai.io import SUPPORTED_SUFFIXES, RadiographReadError, is_dicom_file, read_mask, read_radiograph
 from lungseg_monai.label.errors import BadRequestError, ImageNotFoundError
@@ -108,3 +110,30 @@ class RadiographDatastore(LocalDatastore):
             raise ImageNotFoundError(image_id)
         read_label(image_id, image_path, label_filename)
         return super().save_label(image_id, label_filename, label_tag, label_info)
+
+
+def import_training_masks(folder: str | os.PathLike) -> tuple[int, int]:
+    """Make a training dataset's folder (``images/`` + ``masks/``) servable: each mask becomes its image's
+    ``final`` label in ``images/labels/final/`` (saved through the datastore, checked against its image), unless
+    the image has a final label already (one saved in the app is never replaced).
+
+    Returns:
+        (masks imported, images without a mask).
+
+    Raises:
+        FileNotFoundError: no ``images/`` folder.
+        BadRequestError: a mask does not match its image (the message names it).
+    """
+    from lungseg_monai.data import datalist_from_folder
+
+    folder = Path(folder)
+    items, unpaired = datalist_from_folder(folder, require_masks=False)
+    store = RadiographDatastore(str(folder / "images"), auto_reload=False)
+    imported = 0
+    for item in items:
+        image_id = store._to_id(Path(item["image"]).name)[0]
+        if store.get_label_by_image_id(image_id, DefaultLabelTag.FINAL.value):
+            continue
+        store.save_label(image_id, item["label"], DefaultLabelTag.FINAL.value, {"source": "masks/"})
+        imported += 1
+    return imported, len(unpaired["images_without_mask"])

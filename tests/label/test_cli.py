@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from lungseg_monai.cli import main
 
@@ -54,15 +56,30 @@ def test_label_help_documents_train_on_automatic(capsys: pytest.CaptureFixture[s
     assert "'QC reject:'" in help_text
 
 
-def test_label_names_the_images_folder_of_a_training_dataset(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A folder with images/ and masks/ used to start a server that listed nothing."""
-    (tmp_path / "images").mkdir()
-    (tmp_path / "masks").mkdir()
-    (tmp_path / "manifest.csv").write_text("name\n")
-    with caplog.at_level(logging.ERROR):
-        assert main(["label", "--studies", str(tmp_path)]) == 2
-    assert f"pass --studies '{tmp_path / 'images'}'" in caplog.text
-    assert not (tmp_path / ".lungseg_label").exists()
+def test_a_training_datasets_masks_become_final_labels_of_its_images(tmp_path: Path) -> None:
+    """A folder with images/ and masks/ (a training dataset) is served: its masks become the images' final labels,
+    a label saved in the app is never replaced, and a mask of the wrong size is named."""
+    pytest.importorskip("monailabel", reason="the label extra is not installed")
+    from conftest import SAMPLE_DATA
+
+    from lungseg_monai.label.datastore import RadiographDatastore, import_training_masks
+    from lungseg_monai.label.errors import BadRequestError
+
+    names = sorted(p.stem for p in (SAMPLE_DATA / "images").glob("*.png"))[:3]
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for name in names:
+        shutil.copyfile(SAMPLE_DATA / "images" / f"{name}.png", tmp_path / "images" / f"{name}.png")
+    for name in names[:2]:
+        shutil.copyfile(SAMPLE_DATA / "masks" / f"{name}.png", tmp_path / "masks" / f"{name}.png")
+    assert import_training_masks(tmp_path) == (2, 1)
+    store = RadiographDatastore(str(tmp_path / "images"), auto_reload=False)
+    assert [bool(store.get_label_by_image_id(n, "final")) for n in names] == [True, True, False]
+    assert import_training_masks(tmp_path) == (0, 1)  # already labelled: kept, not imported again
+
+    Image.new("L", (10, 10), 255).save(tmp_path / "masks" / f"{names[2]}.png")  # not its image's size
+    with pytest.raises(BadRequestError, match=names[2]):
+        import_training_masks(tmp_path)
 
 
 def test_the_default_workdir_is_outside_the_studies_folder_and_per_source(
@@ -89,3 +106,19 @@ def test_an_earlier_versions_workdir_in_the_studies_folder_stays_in_use(
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     (tmp_path / "films" / DEFAULT_WORKDIR_NAME / "models").mkdir(parents=True)
     assert default_workdir(str(tmp_path / "films")) == tmp_path / "films" / DEFAULT_WORKDIR_NAME
+
+
+def test_lungseg_label_on_a_training_dataset_says_it_serves_images_with_the_masks_as_labels(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("monailabel", reason="the label extra is not installed")
+    from conftest import SAMPLE_DATA
+
+    for sub in ("images", "masks"):
+        shutil.copytree(SAMPLE_DATA / sub, tmp_path / "dataset" / sub, ignore=shutil.ignore_patterns("*[!0-9a-f].png"))
+    count = len(list((tmp_path / "dataset" / "masks").glob("*.png")))
+    assert count > 0
+    with caplog.at_level(logging.INFO):  # stops at the missing model, after the dataset was prepared
+        assert main(["label", "--studies", str(tmp_path / "dataset"), "--model", str(tmp_path / "none.pt")]) == 2
+    assert f"serving its images/ with {count} mask(s) from masks/ newly saved as final labels" in caplog.text
+    assert len(list((tmp_path / "dataset" / "images" / "labels" / "final").glob("*.png"))) == count
