@@ -37,9 +37,8 @@ def segmentation_metrics(
         raise ValueError(f"prediction {pred.shape} and reference {ref.shape} must have the same shape")
     if not pred.any() and not ref.any():
         return {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "assd": 0.0}
-    value = dice(pred, ref)
-    iou = value / (2 - value)  # IoU = Dice / (2 - Dice) for the same pair of masks
-    dice_value = value
+    dice_value = dice(pred, ref)
+    iou = dice_value / (2 - dice_value)  # IoU = Dice / (2 - Dice) for the same pair of masks
     if not pred.any() or not ref.any():
         return {"dice": dice_value, "iou": iou, "hd95": math.inf, "assd": math.inf}
     y_pred = torch.from_numpy(pred)[None, None]

@@ -243,7 +243,7 @@ def _cluster(args: argparse.Namespace) -> ClusterOptions | None:
     Raises:
         ValueError: an option out of range.
     """
-    from lungseg_monai.inference.cluster import FILMS_PER_TASK, ClusterOptions
+    from lungseg_monai.inference.cluster import FILMS_PER_TASK, LOCAL, ClusterOptions
 
     if args.ray is None:
         if args.actors is not None or args.films_per_task is not None:
@@ -251,7 +251,7 @@ def _cluster(args: argparse.Namespace) -> ClusterOptions | None:
         return None
     if not _RAY_ADDRESS.fullmatch(args.ray):
         args.inputs.insert(0, args.ray)
-        args.ray = "local"
+        args.ray = LOCAL
     return ClusterOptions(args.ray, args.actors, args.cpus_per_actor, args.films_per_task or FILMS_PER_TASK)
 
 

@@ -151,25 +151,25 @@ def is_torchscript_file(path: str | os.PathLike) -> bool:
         return False
 
 
-def _torchscript_extra_files(path: Path) -> dict[str, str]:
-    """The card and config files ``ckpt_export`` may have stored in a TorchScript archive, by name (those present).
+def _load_torchscript(path: Path, device: torch.device) -> tuple[torch.jit.ScriptModule, dict[str, str]]:
+    """A TorchScript archive's network and the card and config files ``ckpt_export`` may have stored in it (by
+    name, those present), in one ``torch.jit.load(_extra_files=...)``.
 
-    Read with ``torch.jit.load(_extra_files=...)``, which loads the network too (on the CPU). Not with
-    :func:`monai.data.load_net_with_metadata`: it fails on an archive without ``metadata.json`` (MONAI 1.6
-    decodes the missing file's empty text as JSON), and such files are what this reader must explain.
+    Not :func:`monai.data.load_net_with_metadata`: it fails on an archive without ``metadata.json`` (MONAI 1.6
+    decodes the missing file's empty text as JSON), and such files are what the card reader must explain.
     """
     extras = dict.fromkeys((_TS_CARD_FILE, *_TS_CONFIG_FILES), "")
-    torch.jit.load(str(path), map_location=torch.device("cpu"), _extra_files=extras)
-    return {name: text.decode() if isinstance(text, bytes) else text for name, text in extras.items() if text}
+    network = torch.jit.load(str(path), map_location=device, _extra_files=extras)
+    return network, {name: text.decode() if isinstance(text, bytes) else text for name, text in extras.items() if text}
 
 
-def _card_from_torchscript(path: Path) -> tuple[ModelCard | None, str, bool]:
-    """Model card stored in a TorchScript file, where it came from, and whether it is the training card.
+def _card_from_torchscript(path: Path, extras: Mapping[str, str]) -> tuple[ModelCard | None, str, bool]:
+    """Model card stored in a TorchScript file (its ``extras``), where it came from, and whether it is the
+    training card.
 
     ``model.json`` (the card written by training) is exact; the ``train.json`` that ``ckpt_export``
     stores is the config file as written, without command-line overrides given at training.
     """
-    extras = _torchscript_extra_files(path)
     if _TS_CARD_FILE in extras:
         return json.loads(extras[_TS_CARD_FILE]), f"the '{_TS_CARD_FILE}' stored in '{path}'", True
     for name in _TS_CONFIG_FILES:
@@ -180,10 +180,11 @@ def _card_from_torchscript(path: Path) -> tuple[ModelCard | None, str, bool]:
     return None, "", False
 
 
-def read_model_card(model_path: str | os.PathLike) -> ModelCard:
+def read_model_card(model_path: str | os.PathLike, torchscript_files: Mapping[str, str] | None = None) -> ModelCard:
     """What a model needs besides its weights (backbone, image size, intensity settings, threshold).
 
-    ``model_path`` may name a shipped model (``vgg16``).
+    ``model_path`` may name a shipped model (``vgg16``). ``torchscript_files``: the files stored in a
+    TorchScript ``model_path``, when the caller has loaded it already (else it is loaded here, on the CPU).
 
     Looked for, in order: for a TorchScript file, a ``model.json`` stored in it; ``model.json``
     (the file's own name with ``.json``) beside the file, as written by training; for a TorchScript
@@ -195,9 +196,11 @@ def read_model_card(model_path: str | os.PathLike) -> ModelCard:
     """
     model_path = resolve_model(model_path)
     sidecar = model_path.with_suffix(".json")
-    stored, stored_source, exact = (
-        _card_from_torchscript(model_path) if is_torchscript_file(model_path) else (None, "", False)
-    )
+    stored, stored_source, exact = None, "", False
+    if torchscript_files is None and is_torchscript_file(model_path):
+        torchscript_files = _load_torchscript(model_path, torch.device("cpu"))[1]
+    if torchscript_files is not None:
+        stored, stored_source, exact = _card_from_torchscript(model_path, torchscript_files)
     if stored is not None and exact:
         card, source = stored, stored_source
     elif sidecar.is_file() and sidecar != model_path:
@@ -355,14 +358,14 @@ class LungSegmenter:
         device = torch.device(device or ("cuda:0" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device '{device}' was asked for but CUDA is not available here; use 'cpu'")
-        card = read_model_card(model_path)
         if is_torchscript_file(model_path):
             try:
-                network = torch.jit.load(str(model_path), map_location=device)
+                network, stored = _load_torchscript(model_path, device)
             except Exception as e:
                 raise CheckpointError(
                     f"TorchScript model '{model_path}' cannot be loaded ({type(e).__name__}: {e})"
                 ) from e
+            card = read_model_card(model_path, stored)
             found = backbone_of_state_dict(network.state_dict())
             if card.get("backbone") and found and card["backbone"] != found:
                 raise CheckpointError(
@@ -370,6 +373,7 @@ class LungSegmenter:
                     f"{card['backbone']}; re-export it from the matching models/model.pt"
                 )
         else:
+            card = read_model_card(model_path)
             backbone = card.get("backbone") or backbone_of_state_dict(load_checkpoint(model_path))
             network = LungUNet(backbone=backbone, decoder_channels=card["decoder_channels"])
             load_network_weights(network, model_path)

@@ -98,10 +98,11 @@ def write_dicom_results(
     from lungseg_monai.outputs.dicom_sr import make_lung_sr
 
     uids = ResultUIDs.for_source(source, identity, settings)
+    withheld = seg_withheld(qc.status, bool(settings.get("write_rejected")))
     written: dict[str, Path | None] = {}
     seg = None
     if targets.seg is not None:
-        if seg_withheld(qc.status, bool(settings.get("write_rejected"))):
+        if withheld:
             if targets.seg.exists():
                 targets.seg.unlink()
                 logger.warning("'%s': removed the DICOM SEG of an earlier run '%s' (QC rejects the mask)", source_path,
@@ -119,7 +120,7 @@ def write_dicom_results(
                 content_description=qc_content_description(qc),
             )
             written["dicomseg"] = _save(seg, targets.seg, durable)
-    elif targets.seg_kept is not None and not seg_withheld(qc.status, bool(settings.get("write_rejected"))):
+    elif targets.seg_kept is not None and not withheld:
         seg = read_source_header(targets.seg_kept, what="SEG")
     if targets.sr is not None:
         sr = make_lung_sr(source, seg, measurements, qc, identity, uids.sr_series_uid, uids.sr_sop_uid)
