@@ -172,7 +172,8 @@ class ResizeToOriginal(Transform):
 
 
 class ResizeToOriginald(MapTransform):
-    """Dictionary version of :class:`ResizeToOriginal`, reading the size from ``ref_key``'s meta."""
+    """Dictionary version of :class:`ResizeToOriginal`: the size is ``ref_key``'s ``original_shape`` meta (an
+    image loaded by :class:`LoadRadiographd`) or ``ref_key`` itself when it holds the (rows, columns)."""
 
     def __init__(self, keys: KeysCollection, ref_key: str = "image", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -182,9 +183,15 @@ class ResizeToOriginald(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         ref = d[self.ref_key]
-        if not isinstance(ref, MetaTensor) or "original_shape" not in ref.meta:
-            raise ValueError(f"'{self.ref_key}' has no 'original_shape' meta; load it with LoadRadiographd")
-        shape = ref.meta["original_shape"]
+        if isinstance(ref, MetaTensor) and "original_shape" in ref.meta:
+            shape = ref.meta["original_shape"]
+        elif isinstance(ref, Sequence) and len(ref) == 2 and all(isinstance(v, (int, np.integer)) for v in ref):
+            shape = ref
+        else:
+            raise ValueError(
+                f"'{self.ref_key}' is neither an image with 'original_shape' meta (load it with LoadRadiographd) "
+                "nor a (rows, columns) shape"
+            )
         for key in self.key_iterator(d):
             d[key] = self.resizer(d[key], shape)
         return d

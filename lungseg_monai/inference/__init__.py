@@ -38,6 +38,7 @@ _EXPORTS = {
     "SaveLungMask": "transforms",
     "SaveLungMaskd": "transforms",
     "clean_lung_mask": "transforms",
+    "mask_postprocessing": "transforms",
     "mask_to_uint8_2d": "transforms",
 }
 
@@ -64,6 +65,7 @@ __all__ = [
     "discover_inputs",
     "inference_datalist",
     "is_torchscript_file",
+    "mask_postprocessing",
     "mask_to_uint8_2d",
     "output_path",
     "parse_formats",

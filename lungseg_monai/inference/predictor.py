@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.transforms import Compose
 
 from lungseg_monai.io.checkpoint import CheckpointError, load_checkpoint, load_network_weights
 from lungseg_monai.inference.options import DEFAULT_PRECISION, auto_batch_size
 from lungseg_monai.inference.precision import Precision, fp32_stages, resolve_precision
-from lungseg_monai.inference.transforms import CleanLungMask
+from lungseg_monai.inference.transforms import CleanLungMask, mask_postprocessing
 from lungseg_monai.io import Radiograph
 from lungseg_monai.networks import LungUNet, backbone_of_state_dict
 from lungseg_monai.pretrained import resolve_model
@@ -327,6 +328,10 @@ class LungSegmenter:
         # The bundle's load_image[1], resize_image and normalize_image, from one definition.
         self.preprocess = radiograph_preprocessing(self.card)
         self.resize_to_original = ResizeToOriginal()
+        # The bundle's mask_postprocessing after its sigmoid (forward returns probabilities), from one definition.
+        self.postprocessing = Compose(
+            mask_postprocessing("pred", self.threshold, ref_key="shape", sigmoid=False, clean=self.postprocess)
+        )
 
     @property
     def weights_sha256(self) -> str:
@@ -493,10 +498,9 @@ class LungSegmenter:
 
     def qc_features(self, qc_forward: QCForward) -> dict[str, float]:
         """:func:`lungseg_monai.qc.mask.mask_features` of one image's mask on the network grid."""
-        probability = qc_forward.probabilities[0, 0].float().cpu().numpy()
-        mask = (probability >= self.threshold).astype(np.uint8)
-        if self.postprocess is not None:
-            mask = self.postprocess(mask)
+        probabilities = qc_forward.probabilities[0]
+        mask = self.to_mask(probabilities, probabilities.shape[-2:])
+        probability = probabilities[0].float().cpu().numpy()
 
         def plane(t: torch.Tensor | None) -> np.ndarray | None:
             return None if t is None else t[0, 0].float().cpu().numpy()
@@ -511,10 +515,11 @@ class LungSegmenter:
 
     @torch.inference_mode()
     def to_mask(self, probability: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
-        """(1, h, w) probability -> (rows, columns) uint8 0/1 mask: resized, thresholded, cleaned."""
-        full = self.resize_to_original(probability, shape)[0]
-        mask = (full >= self.threshold).cpu().numpy().astype(np.uint8)
-        return self.postprocess(mask) if self.postprocess is not None else mask
+        """(1, h, w) probability -> (rows, columns) uint8 0/1 mask: resized, thresholded, cleaned
+        (:func:`~lungseg_monai.inference.mask_postprocessing`)."""
+        shape = (int(shape[0]), int(shape[1]))
+        mask = self.postprocessing({"pred": probability, "shape": shape})["pred"][0]
+        return mask.cpu().numpy().astype(np.uint8)
 
     def predict_probabilities(self, radiographs: Sequence[Radiograph]) -> list[np.ndarray]:
         """Lung probability maps (float32, (rows, columns)) at each radiograph's own size."""

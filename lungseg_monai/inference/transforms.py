@@ -36,13 +36,14 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import Activationsd, AsDiscreted, MapTransform, Transform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
 from lungseg_monai.io import file_stem
 from lungseg_monai.inference.options import DEFAULT_MIN_SIZE_FRACTION, DEFAULT_NUM_COMPONENTS
 from lungseg_monai.outputs import save_png
+from lungseg_monai.transforms import ResizeToOriginald
 
 __all__ = [
     "DEFAULT_MIN_SIZE_FRACTION",
@@ -53,6 +54,7 @@ __all__ = [
     "SaveLungMaskd",
     "clean_lung_mask",
     "fill_mask_holes",
+    "mask_postprocessing",
     "mask_to_uint8_2d",
 ]
 
@@ -196,6 +198,35 @@ class CleanLungMaskd(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.cleaner(d[key])
         return d
+
+
+def mask_postprocessing(
+    keys: KeysCollection = "pred",
+    threshold: float = 0.5,
+    ref_key: str = "image",
+    sigmoid: bool = True,
+    clean: CleanLungMask | bool | None = True,
+) -> list[MapTransform]:
+    """The network's output -> the binary lung mask at its image's own size: the one chain that the bundle's
+    ``inference.json`` and ``evaluate.json`` and :class:`~lungseg_monai.inference.LungSegmenter` all run.
+
+    Steps: sigmoid (``sigmoid=False`` when ``keys`` already holds probabilities), bilinear resize to the size
+    given by ``ref_key`` (:class:`~lungseg_monai.transforms.ResizeToOriginald`), ``>= threshold``, and the
+    clean-up (``clean``: True for :class:`CleanLungMask`'s defaults, an instance for its settings, False/None
+    for none). A list, so that configs can append their writers (``"$@mask_postprocessing + [@save_mask]"``).
+
+    Example:
+        >>> from monai.transforms import Compose
+        >>> chain = Compose(mask_postprocessing(ref_key="shape", sigmoid=False, clean=False))
+        >>> chain({"pred": torch.full((1, 4, 4), 0.7), "shape": (8, 6)})["pred"].shape
+        torch.Size([1, 8, 6])
+    """
+    steps: list[MapTransform] = [Activationsd(keys, sigmoid=True)] if sigmoid else []
+    steps += [ResizeToOriginald(keys, ref_key=ref_key), AsDiscreted(keys, threshold=float(threshold))]
+    cleaner = CleanLungMask() if clean is True else (clean or None)
+    if cleaner is not None:
+        steps.append(CleanLungMaskd(keys, cleaner.num_components, cleaner.min_size_fraction, cleaner.fill_holes))
+    return steps
 
 
 def mask_to_uint8_2d(mask: np.ndarray | torch.Tensor) -> np.ndarray:

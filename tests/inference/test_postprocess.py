@@ -14,7 +14,7 @@ from PIL import Image
 from scipy import ndimage
 
 from lungseg_monai.inference import CleanLungMask, CleanLungMaskd, SaveLungMask, SaveLungMaskd, clean_lung_mask
-from lungseg_monai.inference.transforms import DEFAULT_MIN_SIZE_FRACTION, fill_mask_holes
+from lungseg_monai.inference.transforms import DEFAULT_MIN_SIZE_FRACTION, fill_mask_holes, mask_postprocessing
 from lungseg_monai.io import read_mask
 
 
@@ -90,6 +90,30 @@ def test_clean_rejects_bad_settings(kwargs: dict, message: str) -> None:
 def test_clean_rejects_multichannel_input() -> None:
     with pytest.raises(ValueError, match=r"got shape \(2, 8, 8\)"):
         CleanLungMask()(np.zeros((2, 8, 8)))
+
+
+def test_mask_postprocessing_is_sigmoid_resize_threshold_clean_with_the_given_settings() -> None:
+    """The one post-processing chain: logits -> probabilities -> the reference size -> >= threshold -> cleaned with
+    the cleaner's own settings; the size comes from an image's original_shape meta or a plain (rows, columns)."""
+    from monai.transforms import Compose
+
+    mask = _two_lungs_with_speck_and_hole()
+    logits = torch.as_tensor(np.where(mask > 0, 3.0, -3.0), dtype=torch.float32)[None, ::2, ::2]  # 100 x 80
+    image = MetaTensor(torch.zeros(1, 100, 80), meta={"original_shape": mask.shape})
+    chain = Compose(mask_postprocessing("pred", threshold=0.5, ref_key="image"))
+    out = chain({"pred": logits, "image": image})["pred"]
+    assert tuple(out.shape) == (1, *mask.shape)
+    assert out[0, 102, 32] == 1 and out[0, 6, 151] == 0  # hole filled, speck dropped, at the original size
+    keep_all = CleanLungMask(num_components=None, min_size_fraction=0.0, fill_holes=False)
+    raw = Compose(mask_postprocessing("pred", threshold=0.5, ref_key="shape", clean=keep_all))
+    raw_out = raw({"pred": logits, "shape": mask.shape})["pred"]
+    assert raw_out[0, 102, 32] == 0 and raw_out[0, 6, 151] == 1  # the given settings, not the defaults
+    probabilities = torch.sigmoid(logits)
+    no_sigmoid = Compose(mask_postprocessing("pred", threshold=0.5, ref_key="shape", sigmoid=False))
+    assert torch.equal(no_sigmoid({"pred": probabilities, "shape": mask.shape})["pred"], out.as_tensor())
+    with pytest.raises(RuntimeError, match="ResizeToOriginald") as failed:  # Compose names the failing step
+        chain({"pred": logits, "image": torch.zeros(1, 100, 80)})
+    assert "'image' is neither an image with 'original_shape' meta" in str(failed.value.__cause__)
 
 
 def test_known_mask_round_trips_pixel_exact_through_png_writer(tmp_path) -> None:
