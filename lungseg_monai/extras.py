@@ -1,7 +1,7 @@
 """Which optional extra a command needs, and the message and exit code when it is not installed.
 
-``pip install lungseg_monai`` reads and segments files; the DICOM node and DICOMweb need the
-``pacs`` extra, ``lungseg label`` the ``label`` extra (MONAI Label and its pins), ``lungseg infer
+``pip install lungseg_monai`` reads and segments files; the bundle's training needs the ``train``
+extra (Ignite, TensorBoard), the DICOM node and DICOMweb the ``pacs`` extra, ``lungseg label`` the ``label`` extra (MONAI Label and its pins), ``lungseg infer
 --ray`` the ``ray`` extra (Ray Data). A command whose
 extra is missing says which one to install and exits with :data:`EXIT_MISSING_EXTRA`, instead of
 failing later with an ImportError.
@@ -20,6 +20,7 @@ __all__ = ["EXIT_MISSING_EXTRA", "EXTRA_MODULES", "missing_extra"]
 EXIT_MISSING_EXTRA = 2
 # extra -> the modules it brings that the commands import
 EXTRA_MODULES = {
+    "train": ("ignite", "tensorboard"),
     "pacs": ("pynetdicom", "dicomweb_client"),
     "label": ("monailabel",),
     "ray": ("ray",),

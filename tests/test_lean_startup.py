@@ -90,3 +90,17 @@ def test_our_inference_modules_import_in_a_core_install() -> None:
     modules = _modules_after(code)["modules"]
     assert [m for m in TRAINING_MODULES if _loaded(modules, m)] == []
     assert _loaded(modules, "monai.networks")  # MONAI did load, without its training dependencies
+
+
+def test_training_code_without_the_train_extra_names_the_extra() -> None:
+    """In a core install the bundle's training handlers say which extra to install, not Ignite's bare ImportError."""
+    code = _CORE_INSTALL + """
+try:
+    import lungseg_monai.engine
+except ImportError as e:
+    print(e)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "needs the 'train' extra (ignite, tensorboard not installed)" in proc.stdout
+    assert "pip install 'lungseg_monai[train]'" in proc.stdout

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from lungseg_monai.engine.checkpoint import (
+from lungseg_monai.extras import missing_extra
+
+# The bundle's training imports this package first: without the train extra, say so instead of Ignite's ImportError.
+if _missing := missing_extra("train"):
+    raise ImportError(f"lungseg_monai.engine (the bundle's training and evaluation handlers): {_missing}")
+
+from lungseg_monai.engine.checkpoint import (  # noqa: E402
     BestModelSaver,
     CheckpointError,
     NetworkLoader,
@@ -14,7 +20,7 @@ from lungseg_monai.engine.checkpoint import (
     save_checkpoint,
     unwrap_model,
 )
-from lungseg_monai.engine.distributed import distributed_sampler, gather_objects, is_distributed
+from lungseg_monai.engine.distributed import distributed_sampler, gather_objects, is_distributed  # noqa: E402
 
 __all__ = [
     "BestModelSaver",
