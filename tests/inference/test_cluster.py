@@ -43,8 +43,21 @@ def _films(folder: Path, count: int) -> Path:
     return folder
 
 
-def _infer(cluster: RayCluster, films: Path, out: Path, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "lungseg_monai.cli", "infer", str(films), "-o", str(out), "--no-progress"]
+# `lungseg infer` with the driver's manifest saved every SECONDS (sys.argv[1]) instead of every 10 s.
+_SAVING_EVERY = """
+import sys
+import lungseg_monai.inference.runner as runner
+runner.SAVE_EVERY_S = float(sys.argv.pop(1))
+from lungseg_monai.cli import main
+sys.exit(main())
+"""
+
+
+def _infer(
+    cluster: RayCluster, films: Path, out: Path, *extra: str, save_every: float | None = None
+) -> subprocess.Popen:
+    command = ["-m", "lungseg_monai.cli"] if save_every is None else ["-c", _SAVING_EVERY, str(save_every)]
+    args = [sys.executable, *command, "infer", str(films), "-o", str(out), "--no-progress"]
     args += ["--ray", cluster.address, "--precision", "fp32", "--films-per-task", "4", *extra]
     return subprocess.Popen(args, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -121,8 +134,9 @@ def test_a_worker_killed_mid_run_loses_no_film_and_writes_none_twice(cluster: Ra
 
 
 def test_a_killed_driver_is_resumed_by_a_rerun_that_does_only_the_rest(cluster: RayCluster, tmp_path: Path) -> None:
-    films, out = _films(tmp_path / "films", 160), tmp_path / "out"
-    run = _infer(cluster, films, out)
+    films_count = 48
+    films, out = _films(tmp_path / "films", films_count), tmp_path / "out"
+    run = _infer(cluster, films, out, save_every=1.0)  # the first save comes soon: fewer films suffice
 
     def recorded() -> int:
         try:
@@ -135,15 +149,15 @@ def test_a_killed_driver_is_resumed_by_a_rerun_that_does_only_the_rest(cluster: 
     os.killpg(run.pid, signal.SIGKILL)  # the driver (and nothing of the cluster: its actors die with their job)
     run.wait()
     done_before = recorded()
-    assert 0 < done_before < 160
+    assert 0 < done_before < films_count
 
     code, output = _finish(_infer(cluster, films, out))
     assert code == 0, output
     line = next(line for line in output.splitlines() if " segmented, " in line)
     segmented, already = int(line.split(" segmented")[0].split()[-1]), int(line.split(" already done")[0].split()[-1])
-    assert already >= done_before and segmented + already == 160, line
-    assert segmented < 160
-    _assert_one_set_each(out, {f"film{i:03d}" for i in range(160)})
+    assert already >= done_before and segmented + already == films_count, line
+    assert segmented < films_count
+    _assert_one_set_each(out, {f"film{i:03d}" for i in range(films_count)})
 
 
 def test_ray_options_need_ray_and_a_model_file(tmp_path: Path) -> None:
