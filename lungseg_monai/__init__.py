@@ -21,6 +21,7 @@ __all__ = [
     "data",
     "engine",
     "evaluation",
+    "extras",
     "inference",
     "io",
     "networks",

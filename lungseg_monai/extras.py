@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 
-__all__ = ["EXIT_MISSING_EXTRA", "EXTRA_MODULES", "missing_extra"]
+__all__ = ["EXIT_MISSING_EXTRA", "EXTRA_MODULES", "missing_extra", "require_extra"]
 
 EXIT_MISSING_EXTRA = 2
 # extra -> the modules it brings that the commands import
@@ -47,3 +47,16 @@ def missing_extra(extra: str, *modules: str) -> str | None:
         f"this needs the '{extra}' extra ({', '.join(missing)} not installed): "
         f"pip install 'lungseg_monai[{extra}]' (from a checkout: pip install -e '.[{extra}]')"
     )
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Raise an ImportError saying that ``what`` needs ``extra`` when the extra is not installed.
+
+    The bundle's configs call it first (``initialize``), so a workflow without the ``train`` extra stops
+    with this message instead of Ignite's ``No module named 'ignite'`` from deep inside MONAI.
+
+    Raises:
+        ImportError: the extra's modules cannot be imported.
+    """
+    if problem := missing_extra(extra):
+        raise ImportError(f"{what}: {problem}")

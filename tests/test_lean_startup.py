@@ -92,6 +92,22 @@ def test_our_inference_modules_import_in_a_core_install() -> None:
     assert _loaded(modules, "monai.networks")  # MONAI did load, without its training dependencies
 
 
+def test_bundle_training_without_the_train_extra_names_the_extra(tmp_path: Path) -> None:
+    """In a core install the bundle's training stops first thing, naming the extra (not Ignite's bare ImportError
+    from a MONAI handler), and writes nothing."""
+    from conftest import BUNDLE_DIR
+
+    code = _CORE_INSTALL + f"""
+from monai.bundle import run
+run("training", config_file={str(BUNDLE_DIR / "configs" / "train.json")!r}, bundle_root={str(tmp_path)!r},
+    dataset_dir={str(SAMPLE_DATA)!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "ImportError: training through the bundle: this needs the 'train' extra" in proc.stderr, proc.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_training_code_without_the_train_extra_names_the_extra() -> None:
     """In a core install the bundle's training handlers say which extra to install, not Ignite's bare ImportError."""
     code = _CORE_INSTALL + """

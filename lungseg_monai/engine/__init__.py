@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from lungseg_monai.extras import missing_extra
+from lungseg_monai.extras import require_extra
 
-# The bundle's training imports this package first: without the train extra, say so instead of Ignite's ImportError.
-if _missing := missing_extra("train"):
-    raise ImportError(f"lungseg_monai.engine (the bundle's training and evaluation handlers): {_missing}")
+# Without the train extra, say so instead of Ignite's ImportError.
+require_extra("train", "lungseg_monai.engine (the bundle's training and evaluation handlers)")
 
 from lungseg_monai.engine.checkpoint import (  # noqa: E402
     BestModelSaver,

@@ -124,7 +124,12 @@ def test_two_process_validation_dice_equals_single_process_evaluation(ddp_run: t
     parser["validate#evaluator#amp"] = False
     evaluator = parser.get_parsed_content("validate#evaluator")
     load_network_weights(parser.get_parsed_content("network"), root / "models" / "model.pt")
-    evaluator.run()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1): in bf16 the sums' order shows
+    try:
+        evaluator.run()
+    finally:
+        torch.set_num_threads(threads)
     single_dice = evaluator.state.metrics["val_mean_dice"]
     scores = evaluator.state.metric_details["val_mean_dice"]
     assert len(scores) == len(split["validation"]) == 9
