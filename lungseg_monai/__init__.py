@@ -1,11 +1,12 @@
 """lungseg_monai: lung segmentation of chest radiographs as a MONAI plugin.
 
-The pipeline, one module per step: ``io`` (reading PNG/JPEG/DICOM/MetaImage/NIfTI) ->
-``transforms`` (MONAI transforms) -> ``data`` (datalists, splits) -> ``networks`` (VGG16/ResNet50
-U-Nets) -> ``pretrained`` (the models shipped with the package, by name) -> ``engine`` (training
-handlers, checkpoints) -> ``evaluation`` (metrics, reports) -> ``inference`` (a model on new
-radiographs, post-processing) -> ``outputs`` (masks, overlays, NIfTI, DICOM SEG, measurements) ->
-``label`` (MONAI Label app; needs the ``label`` extra, so it is not imported here).
+The pipeline, one module per step; each imports only from those before it (docs/architecture.md):
+``utils``, ``networks``, ``io`` (reading PNG/JPEG/DICOM/MetaImage/NIfTI), ``transforms`` (MONAI
+transforms, the preprocessing), ``data`` (datalists, splits), ``qc`` (quality control),
+``pretrained`` (the shipped models), ``dicomweb``, ``extras`` -> ``outputs`` (masks, overlays, NIfTI,
+DICOM SEG/SR/SC, measurements) -> ``engine`` (training handlers; the ``train`` extra) -> ``inference``
+(a model on new radiographs, post-processing, ``lungseg infer``) -> ``evaluation``, ``modelcards``,
+``pacs`` (the DICOM node), ``label`` (MONAI Label app; the ``label`` extra, not imported here).
 """
 
 from __future__ import annotations
