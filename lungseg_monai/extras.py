@@ -1,10 +1,11 @@
 """Which optional extra a command needs, and the message and exit code when it is not installed.
 
-``pip install lungseg_monai`` reads and segments files; the bundle's training needs the ``train``
-extra (Ignite, TensorBoard), the DICOM node and DICOMweb the ``pacs`` extra, ``lungseg label`` the ``label`` extra (MONAI Label and its pins), ``lungseg infer
---ray`` the ``ray`` extra (Ray Data). A command whose
-extra is missing says which one to install and exits with :data:`EXIT_MISSING_EXTRA`, instead of
-failing later with an ImportError.
+``pip install lungseg_monai`` reads and segments files; the bundle's workflows need the ``train``
+extra (Ignite, TensorBoard), the DICOM node and DICOMweb the ``pacs`` extra, ``lungseg label`` the
+``label`` extra (MONAI Label and its pins), ``lungseg infer --ray`` the ``ray`` extra (Ray Data). A
+command whose extra is missing says which one to install and exits with :data:`EXIT_MISSING_EXTRA`,
+instead of failing later with an ImportError; the bundle's workflows raise :func:`require_extra`'s
+ImportError first thing.
 
 Example:
     >>> missing_extra("pacs", "json") is None
