@@ -39,7 +39,6 @@ __all__ = [
     "FilmPipeline",
     "Job",
     "RunOptions",
-    "seg_withheld",
     "withhold_seg",
 ]
 

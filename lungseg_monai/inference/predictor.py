@@ -498,15 +498,17 @@ class LungSegmenter:
 
     def qc_features(self, qc_forward: QCForward) -> dict[str, float]:
         """:func:`lungseg_monai.qc.mask.mask_features` of one image's mask on the network grid."""
-        probabilities = qc_forward.probabilities[0]
-        mask = self.to_mask(probabilities, probabilities.shape[-2:])
-        probability = probabilities[0].float().cpu().numpy()
-
         def plane(t: torch.Tensor | None) -> np.ndarray | None:
             return None if t is None else t[0, 0].float().cpu().numpy()
 
+        probabilities = qc_forward.probabilities[0]
+        mask = self.to_mask(probabilities, probabilities.shape[-2:])
         return mask_features(
-            mask, probability, plane(qc_forward.tta_probabilities), plane(qc_forward.tta_valid), self.threshold
+            mask,
+            plane(qc_forward.probabilities),
+            plane(qc_forward.tta_probabilities),
+            plane(qc_forward.tta_valid),
+            self.threshold,
         )
 
     @staticmethod

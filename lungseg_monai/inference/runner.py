@@ -60,7 +60,6 @@ from lungseg_monai.inference.execute import (
     FilmPipeline,
     Job,
     RunOptions,
-    seg_withheld,
 )
 from lungseg_monai.inference.layout import (
     DICOM_FORMATS,
@@ -79,6 +78,7 @@ from lungseg_monai.inference.options import (
 from lungseg_monai.inference.predictor import LungSegmenter
 from lungseg_monai.inference.transforms import CleanLungMask
 from lungseg_monai.utils.atomic import remove_leftover_temporaries
+from lungseg_monai.outputs.dicom_results import seg_withheld
 from lungseg_monai.outputs.measurements import read_measurements, write_measurements
 from lungseg_monai.qc.quality import (
     QC_REJECT,

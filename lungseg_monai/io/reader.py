@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 8192 * 8192
 SUPPORTED_SUFFIXES = RASTER_SUFFIXES + VOLUME_SUFFIXES + (".dcm", ".dicom")
 
+
 def file_stem(path: str | os.PathLike) -> str:
     """Name without folder and suffix; ``a.nii.gz`` -> ``a``."""
     name = Path(path).name

@@ -61,6 +61,8 @@ __all__ = ["LungSegLabelApp", "DEFAULT_WORKDIR_NAME", "DICOMWEB_CACHE_NAME", "de
 logger = logging.getLogger(__name__)
 
 DEFAULT_WORKDIR_NAME = ".lungseg_label"  # before 2026-12: the default workdir inside the studies folder
+# The DICOMweb datastore's cache, inside the workdir.
+DICOMWEB_CACHE_NAME = "dicomweb_cache"
 
 
 def default_workdir(studies: str) -> Path:
@@ -82,8 +84,6 @@ def default_workdir(studies: str) -> Path:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", source.rstrip("/").rsplit("/", 1)[-1])[:40] or "studies"
     base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
     return base / "lungseg" / "label" / f"{name}-{digest}"
-# The DICOMweb datastore's cache, inside the workdir.
-DICOMWEB_CACHE_NAME = "dicomweb_cache"
 
 
 def is_dicomweb_url(studies: str) -> bool:

@@ -156,5 +156,3 @@ class InstanceProcessor:
             targets, durable=True,
         )  # fmt: skip
         return [path for path in results.values() if path is not None]
-
-
